@@ -1,0 +1,43 @@
+"""The ``gmkit`` command line: one module per command. Parse, resolve, call, print; no model math.
+
+Nothing here imports torch at module level, so ``gmkit --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from . import _common
+
+app = typer.Typer(name="gmkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Train, sample, encode and benchmark generative models (VAE, GAN, flow, DDPM/DDIM, ...).")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
+    if version:
+        from .. import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+    _common.STATE.debug = debug
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("train", "sample", "encode", "bench", "models"):
+        try:
+            module = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            continue
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    _common.run_app(app)

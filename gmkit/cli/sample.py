@@ -1,0 +1,118 @@
+"""``gmkit sample MODEL -n N --seed S --out PATH``: images from any model source."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import typer
+
+from ._common import DEVICE_HELP, DTYPE_HELP, emit_json, positive, resolve_device, resolve_dtype, say
+
+
+def sample_cmd(
+    model: str = typer.Argument(..., help="Bundled name (ddpm, ddim), checkpoint file, run folder or Hub repo id."),
+    num_samples: Optional[int] = typer.Option(None, "-n", "--num-samples", help="Number of images (default 16; with --init, its batch)."),
+    seed: int = typer.Option(0, "--seed", help="Image i comes from seed S+i, whatever the batch size."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampler steps (default: ddpm 1000, ddim 50)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm or ddim (default: what the model name implies)."),
+    eta: Optional[float] = typer.Option(None, "--eta", help="DDIM noise: 0 deterministic, 1 DDPM-like."),
+    class_label: Optional[int] = typer.Option(None, "--class", help="Class to generate (class-conditional models)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (with --class)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Starting noise: a .safetensors file (N, C, H, W) as encode writes it, or -."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images generated at once."),
+    out: str = typer.Option("samples.png", "--out", "-o", help="x.png grid, folder/ one PNG each, x.safetensors raw, - PNG to stdout."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Generate images."""
+    import torch
+
+    from ..errors import GmkitError
+    from ..imageio import check_writable, save_images
+    from ..registry import load
+    from .progress import StepProgress
+
+    positive("-n", num_samples)
+    positive("--batch-size", batch_size)
+    positive("--steps", steps)
+    if eta is not None and not 0 <= eta <= 1:
+        raise GmkitError(f"--eta must be between 0 and 1, got {eta}")
+    if guidance is not None and guidance < 0:
+        raise GmkitError(f"--guidance must be >= 0, got {guidance}")
+    if seed < 0:
+        raise GmkitError(f"--seed must be >= 0, got {seed}")
+    if json_out and out == "-":
+        raise GmkitError("--json and --out - both want stdout; write the images to a file")
+    check_writable(out)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    net, src = load(model, dev, dt)
+
+    init_x = read_init(init) if init is not None else None
+    if init_x is not None:
+        if num_samples is not None and num_samples != init_x.shape[0]:
+            raise GmkitError(f"--init holds {init_x.shape[0]} images but -n asks for {num_samples}")
+        num_samples = init_x.shape[0]
+    n = num_samples or 16
+    options = dict(src.defaults)
+    given = {"sampler": sampler, "steps": steps, "eta": eta, "class_label": class_label, "guidance": guidance}
+    net.check_options({**given, "init": init})
+    options.update({k: v for k, v in given.items() if v is not None})
+    if options.get("sampler") == "ddpm" and "eta" in options:
+        raise GmkitError("--eta applies to the ddim sampler only (add --sampler ddim)")
+
+    t0 = time.perf_counter()
+    chunks = []
+    with StepProgress("sample", quiet) as progress:
+        for start in range(0, n, batch_size):
+            count = min(batch_size, n - start)
+            gens = [torch.Generator().manual_seed(seed + i) for i in range(start, start + count)]
+            opts = dict(options)
+            if init_x is not None:
+                opts["init"] = init_x[start:start + count]
+            chunks.append(net.sample(gens, callback=progress.callback(start // batch_size, -(-n // batch_size)), **opts).cpu())
+    x = torch.cat(chunks)
+    seconds = time.perf_counter() - t0
+    meta = {"gmkit.model": model, "gmkit.seed": str(seed), "gmkit.options": str(options)}
+    files = save_images(x, out, meta)
+    report = {"model": model, "family": net.name, "n": n, "seed": seed, **options, "device": str(dev),
+              "dtype": str(dt).replace("torch.", ""), "seconds": round(seconds, 3),
+              "images_per_s": round(n / seconds, 3), "out": out, "files": len(files)}
+    if json_out:
+        emit_json(report)
+    elif out != "-":
+        say(f"gmkit: {n} image(s) in {seconds:.2f} s -> {out}", quiet)
+
+
+def read_init(path: str):
+    """Starting noise from a safetensors file (or stdin): its single tensor, or its ``noise`` entry."""
+    import sys
+
+    from safetensors.torch import load
+
+    from ..checkpoint import load_tensors
+    from ..errors import GmkitError
+
+    if path == "-":
+        try:
+            tensors = load(sys.stdin.buffer.read())
+        except Exception as e:  # safetensors raises several types for bad bytes
+            raise GmkitError(f"--init -: stdin is not a safetensors stream ({e})") from None
+    else:
+        tensors, _ = load_tensors(path)
+    key = "noise" if "noise" in tensors else (next(iter(tensors)) if len(tensors) == 1 else None)
+    if key is None:
+        raise GmkitError(f"--init {path}: expected one tensor or a 'noise' entry, found {', '.join(tensors)}")
+    x = tensors[key].float()
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise GmkitError(f"--init {path}: expected shape (N, C, H, W), got {tuple(x.shape)}")
+    if not bool(x.isfinite().all()):
+        raise GmkitError(f"--init {path}: holds NaN or infinite values")
+    return x
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sample")(sample_cmd)

@@ -1,0 +1,146 @@
+"""``gmkit train FAMILY --data ... --out runs/x``: train any family with the shared loop."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import DEVICE_HELP, emit_json, positive, resolve_device, say
+
+
+def train_cmd(
+    model: str = typer.Argument(..., help="Family to train: ddpm (ddim is the same network)."),
+    data: Optional[str] = typer.Option(None, "--data", help="mnist, digits, or a folder of images (subfolders = classes). Default: mnist."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default: the --resume folder, else runs/<family>)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (a resumed run continues up to this number)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size (split across DDP processes)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize/crop training images to this size."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, data order and noise."),
+    conditional: bool = typer.Option(False, "--conditional", help="Condition on the data's class labels."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where it stopped."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON file with the family config."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: key=value (family config, or train.key=value)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints."),
+    save_dtype: Optional[str] = typer.Option(None, "--save-dtype", help="dtype of model.safetensors: fp32, fp16, bf16."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (report and go on) or error."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Train a model; writes model.safetensors, train_state.safetensors, log.jsonl and samples/."""
+    import torch
+
+    from ..config import apply_overrides, from_dict, to_dict
+    from ..data import load_data
+    from ..errors import GmkitError
+    from ..families import get_family
+    from ..registry import BUNDLED
+    from ..train import DTYPES, TrainConfig, dist_info, load_resume_config, read_train_state, train
+
+    for name, v in (("--steps", steps), ("--batch-size", batch_size), ("--image-size", image_size),
+                    ("--checkpoint-every", checkpoint_every)):
+        positive(name, v)
+    if lr is not None and not lr > 0:
+        raise GmkitError(f"--lr must be positive, got {lr}")
+    if on_bad_image not in ("skip", "error"):
+        raise GmkitError("--on-bad-image must be skip or error")
+    family = get_family(BUNDLED[model].family if model in BUNDLED else model)
+    rank, local_rank, world = dist_info()
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+
+    family_sets = [s for s in set_ if not s.startswith("train.")]
+    train_sets = [s[len("train."):] for s in set_ if s.startswith("train.")]
+    resume_state = None
+    recipe_prev: dict = {}
+    if resume is not None:
+        resume_state = read_train_state(resume)
+        cfg, tcfg = load_resume_config(resume_state, family)
+        recipe_prev = json.loads(resume_state[1].get("gmkit.recipe", "{}"))
+        if config is not None or family_sets or conditional or image_size is not None:
+            say("gmkit: --resume keeps the run's model config; --config/--set/--conditional/--image-size are ignored", quiet)
+        data = data or recipe_prev.get("data")
+        image_size = recipe_prev.get("image_size")
+        out = out or resume
+    else:
+        base = to_dict(family.Config())
+        if config is not None:
+            try:
+                base = json.loads(config.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise GmkitError(f"--config {config}: cannot read JSON ({e})") from None
+        cfg = from_dict(family.Config, apply_overrides(base, family_sets), "config")
+        tcfg = TrainConfig()
+    tdict = to_dict(tcfg)
+    for key, val in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed),
+                     ("checkpoint_every", checkpoint_every), ("save_dtype", save_dtype)):
+        if val is not None:
+            tdict[key] = val
+    tcfg = from_dict(TrainConfig, apply_overrides(tdict, train_sets), "train config")
+    if tcfg.save_dtype not in DTYPES:
+        raise GmkitError(f"--save-dtype {tcfg.save_dtype}: use fp32, fp16 or bf16")
+    data = data or "mnist"
+    out = out or Path("runs") / family.name
+
+    ds = load_data(data, "train", image_size, None, on_bad_image)
+    if resume_state is None:
+        cfg = adapt_config(cfg, ds, conditional)
+    elif tuple(ds.images.shape[1:]) != _config_shape(cfg):
+        raise GmkitError(f"--resume: the data gives images of shape {tuple(ds.images.shape[1:])}, "
+                         f"the run was trained on {_config_shape(cfg)}")
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
+    net = family(cfg)
+    argv = sys.argv[1:] if Path(sys.argv[0]).name != "__main__.py" else sys.argv[1:]
+    recipe = {"command": "gmkit " + shlex.join(argv), "data": data, "data_note": ds.note, "image_size": image_size,
+              "train_images": len(ds), "world_size": world, "device": str(dev), "torch": torch.__version__,
+              "params": sum(p.numel() for p in net.parameters())}
+    if recipe_prev.get("command") and resume_state is not None:
+        recipe["earlier_commands"] = recipe_prev.get("earlier_commands", []) + [recipe_prev["command"]]
+    if rank == 0:
+        say(f"gmkit: training {family.name} ({recipe['params'] / 1e6:.2f}M parameters) on {data} "
+            f"({len(ds)} images {tuple(ds.images.shape[1:])}) on {dev}, {world} process(es) -> {out}", quiet)
+    summary = train(net, ds, out, tcfg, dev, recipe, resume_state, quiet)
+    if rank == 0:
+        say(f"gmkit: done: step {summary['step']}, {summary['it_s']} it/s; model in {out / 'model.safetensors'}", quiet)
+        if json_out:
+            emit_json(summary)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _config_shape(cfg) -> tuple:
+    u = getattr(cfg, "unet", None)
+    return (u.in_channels, u.sample_size, u.sample_size) if u is not None else ()
+
+
+def adapt_config(cfg, ds, conditional: bool):
+    """Fit a fresh config to the data: channels, resolution, number of classes."""
+    import dataclasses
+
+    from ..errors import GmkitError
+
+    c, h, w = ds.images.shape[1:]
+    if h != w:
+        raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
+    u = getattr(cfg, "unet", None)
+    if u is not None:
+        k = ds.num_classes if conditional else 0
+        if conditional and not k:
+            raise GmkitError("--conditional needs labelled data (a bundled data set, or class subfolders)")
+        u = dataclasses.replace(u, in_channels=c, out_channels=c, sample_size=h, num_classes=k)
+        cfg = dataclasses.replace(cfg, unet=u)
+    return cfg
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)

@@ -1,0 +1,19 @@
+"""Generative families, one module each, behind the interface in ``base.py``."""
+
+from __future__ import annotations
+
+from ..errors import GmkitError
+from .base import Family
+
+
+def family_classes() -> dict[str, type[Family]]:
+    from .diffusion import Diffusion
+
+    return {cls.name: cls for cls in (Diffusion,)}
+
+
+def get_family(name: str) -> type[Family]:
+    classes = family_classes()
+    if name not in classes:
+        raise GmkitError(f"unknown family {name!r} (known: {', '.join(sorted(classes))})")
+    return classes[name]

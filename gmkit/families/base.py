@@ -1,0 +1,85 @@
+"""The small interface every generative family implements, so one CLI and one training loop serve all.
+
+A family is an ``nn.Module`` built from a config dataclass. It declares its capabilities so the
+CLI can refuse politely ("flow cannot take --prompt") instead of crashing. Training goes
+through ``forward(batch) -> {"loss": ..., other logged scalars}``, so the loop (and DDP) can call
+the module itself; families that need more than one optimizer (GANs) override ``optimizers`` and
+``train_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import GmkitError
+
+# Capability names the CLI checks before calling into a family.
+SAMPLE, ENCODE, DECODE, LIKELIHOOD, CLASS_COND, STEPS = "sample", "encode", "decode", "likelihood", "class", "steps"
+
+
+class Family(nn.Module):
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE})
+    # Sample-time options this family understands, beyond n / seed / batch size.
+    sample_options: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training losses for a batch: must include ``loss``; other entries are logged."""
+        raise NotImplementedError
+
+    def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)}
+
+    def train_step(self, wrapped: nn.Module, batch: dict, opts: dict, step: int, grad_clip: float) -> dict[str, float]:
+        """One optimizer step. ``wrapped`` is this module, or its DDP wrapper: call it, not ``self``.
+
+        A non-finite loss is returned without stepping, so the weights stay good.
+        """
+        opt = opts["model"]
+        losses = wrapped(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            return {"loss": float(loss)}
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+        opt.step()
+        return {**{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(norm)}
+
+    # -- generation ---------------------------------------------------------------------------
+    # Options for the quick sample grid written at each training checkpoint.
+    preview_options: ClassVar[dict] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def sample(self, noise: list[torch.Generator], **options: Any) -> torch.Tensor:
+        """One image per generator, in [-1, 1], shape (N, C, H, W)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, **options: Any) -> dict[str, torch.Tensor]:
+        raise GmkitError(f"{self.name} has no encoder")
+
+    def decode(self, z: torch.Tensor, **options: Any) -> torch.Tensor:
+        raise GmkitError(f"{self.name} has no decoder")
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse sample options this family cannot use, naming them."""
+        unknown = sorted(k for k, v in options.items() if v is not None and k not in self.sample_options)
+        if unknown:
+            opts = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise GmkitError(f"{self.name} models do not take {opts}")

@@ -1,0 +1,129 @@
+"""Images in and out: grids, folders of PNGs, raw tensors, and stdin/stdout for pipes.
+
+``--out`` picks the format by its form: ``x.png`` one grid, ``dir/`` (or an existing folder) one
+PNG per image (0000.png ...), ``x.safetensors`` the raw tensor in [-1, 1], ``-`` a PNG grid on stdout.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import GmkitError
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile a batch into one image (H, W, C) uint8, ``nrow`` images per row (default: square-ish)."""
+    imgs = to_uint8(x)
+    n, h, w, c = imgs.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = imgs[i]
+    return grid
+
+
+def _pil(arr: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    _pil(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def output_kind(out: str) -> str:
+    if out == "-":
+        return "stdout"
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        return "folder"
+    suffix = Path(out).suffix.lower()
+    if suffix == ".safetensors":
+        return "tensor"
+    if suffix in (".png", ".jpg", ".jpeg", ".webp"):
+        return "grid"
+    raise GmkitError(f"--out {out}: unknown format (use .png for a grid, a folder/ for one PNG each, "
+                     ".safetensors for the raw tensor, or - for stdout)")
+
+
+def check_writable(out: str) -> None:
+    """Fail before any work if the output cannot be written."""
+    if out == "-":
+        return
+    p = Path(out)
+    target = p if output_kind(out) == "folder" else p.parent
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise GmkitError(f"--out {out}: cannot write there ({probe} is not a writable folder)")
+
+
+def save_images(x: torch.Tensor, out: str, metadata: dict[str, str] | None = None, start_index: int = 0) -> list[str]:
+    """Write images in [-1, 1]; returns the paths written."""
+    kind = output_kind(out)
+    if kind == "stdout":
+        sys.stdout.buffer.write(png_bytes(make_grid(x)))
+        sys.stdout.buffer.flush()
+        return ["-"]
+    if kind == "tensor":
+        from .checkpoint import save_tensors
+
+        save_tensors(Path(out), {"images": x.float().cpu()}, metadata or {})
+        return [out]
+    if kind == "grid":
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        _pil(make_grid(x)).save(out)
+        return [out]
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, arr in enumerate(to_uint8(x)):
+        p = folder / f"{start_index + i:04d}.png"
+        _pil(arr).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
+    """One image file (or ``-`` for stdin) as (1, C, size, size) in [-1, 1]."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        if path == "-":
+            im = Image.open(io.BytesIO(sys.stdin.buffer.read()))
+        else:
+            im = Image.open(path)
+        im.load()
+    except FileNotFoundError:
+        raise GmkitError(f"{path}: no such image") from None
+    except (OSError, UnidentifiedImageError) as e:
+        raise GmkitError(f"{path}: cannot read image ({e})") from None
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    resized = im.size != (size, size)
+    im = ImageOps.fit(im.convert("L" if channels == 1 else "RGB"), (size, size), Image.Resampling.LANCZOS)
+    arr = np.asarray(im, dtype=np.float32)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if resized:
+        print(f"gmkit: {path}: resized to {size}x{size} for this model", file=sys.stderr)
+    return torch.from_numpy(arr)[None] / 127.5 - 1

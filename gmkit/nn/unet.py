@@ -1,0 +1,145 @@
+"""The denoising UNet of DDPM (Ho et al. 2020), sized by a config.
+
+Layout: conv_in -> down blocks (resnets [+ attention], downsampler) -> mid block
+(resnet, attention, resnet) -> up blocks (resnets on concatenated skips [+ attention],
+upsampler) -> GroupNorm, SiLU, conv_out. Module names mirror the public reference layout so
+diffusers-format ``UNet2DModel`` weights map onto it by renaming keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Downsample, ResnetBlock, SelfAttention, TimestepEmbedding, Upsample, group_norm, timestep_embedding
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 1
+    out_channels: int = 1
+    sample_size: int = 28
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 2
+    # Which blocks (by index, 0 = full resolution) get self-attention. Attention is costly at
+    # high resolution, so the defaults use it only at the lowest one.
+    attention_blocks: list[int] = field(default_factory=lambda: [2])
+    mid_attention: bool = True
+    head_dim: int = 32
+    norm_groups: int = 8
+    dropout: float = 0.0
+    num_classes: int = 0  # > 0: class-conditional; label num_classes is the "no label" token
+
+
+class DownBlock(nn.Module):
+    def __init__(self, in_ch, out_ch, temb_dim, layers, attention, downsample, cfg: UNetConfig):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, temb_dim, cfg.dropout, cfg.norm_groups) for i in range(layers))
+        self.attentions = nn.ModuleList(
+            SelfAttention(out_ch, cfg.head_dim, cfg.norm_groups) for _ in range(layers)) if attention else None
+        self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
+
+    def forward(self, x, temb, skips: list):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_ch, out_ch, skip_chs: list[int], temb_dim, attention, upsample, cfg: UNetConfig):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock((in_ch if i == 0 else out_ch) + s, out_ch, temb_dim, cfg.dropout, cfg.norm_groups)
+            for i, s in enumerate(skip_chs))
+        self.attentions = nn.ModuleList(
+            SelfAttention(out_ch, cfg.head_dim, cfg.norm_groups) for _ in skip_chs) if attention else None
+        self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
+
+    def forward(self, x, temb, skips: list):
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x, size=skips[-1].shape[-2:] if skips else None)
+        return x
+
+
+class MidBlock(nn.Module):
+    def __init__(self, ch, temb_dim, attention, cfg: UNetConfig):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, temb_dim, cfg.dropout, cfg.norm_groups),
+                                      ResnetBlock(ch, ch, temb_dim, cfg.dropout, cfg.norm_groups)])
+        self.attentions = nn.ModuleList([SelfAttention(ch, cfg.head_dim, cfg.norm_groups)]) if attention else None
+
+    def forward(self, x, temb):
+        x = self.resnets[0](x, temb)
+        if self.attentions is not None:
+            x = self.attentions[0](x)
+        return self.resnets[1](x, temb)
+
+
+class UNet(nn.Module):
+    """``forward(x, t, class_labels=None) -> prediction`` with the shape of ``x``."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        chs = list(cfg.block_out_channels)
+        temb_dim = chs[0] * 4
+        self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
+        self.time_embedding = TimestepEmbedding(chs[0], temb_dim)
+        self.class_embedding = nn.Embedding(cfg.num_classes + 1, temb_dim) if cfg.num_classes > 0 else None
+
+        n = len(chs)
+        self.down_blocks = nn.ModuleList()
+        skip_chs = [chs[0]]
+        in_ch = chs[0]
+        for i, out_ch in enumerate(chs):
+            last = i == n - 1
+            self.down_blocks.append(DownBlock(in_ch, out_ch, temb_dim, cfg.layers_per_block,
+                                              i in cfg.attention_blocks, not last, cfg))
+            skip_chs += [out_ch] * cfg.layers_per_block + ([] if last else [out_ch])
+            in_ch = out_ch
+
+        self.mid_block = MidBlock(chs[-1], temb_dim, cfg.mid_attention, cfg)
+
+        self.up_blocks = nn.ModuleList()
+        in_ch = chs[-1]
+        for i, out_ch in enumerate(reversed(chs)):
+            level = n - 1 - i
+            block_skips = [skip_chs.pop() for _ in range(cfg.layers_per_block + 1)]
+            self.up_blocks.append(UpBlock(in_ch, out_ch, block_skips, temb_dim,
+                                          level in cfg.attention_blocks, level != 0, cfg))
+            in_ch = out_ch
+
+        self.conv_norm_out = group_norm(chs[0], cfg.norm_groups)
+        self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]).to(x.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:  # unconditional: the reserved "no label" token
+                class_labels = torch.full((x.shape[0],), self.cfg.num_classes, device=x.device, dtype=torch.long)
+            temb = temb + self.class_embedding(class_labels)
+
+        h = self.conv_in(x)
+        skips = [h]
+        for block in self.down_blocks:
+            h = block(h, temb, skips)
+        h = self.mid_block(h, temb)
+        for block in self.up_blocks:
+            h = block(h, temb, skips)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))
