@@ -34,6 +34,9 @@ class Bundled:
 BUNDLED: dict[str, Bundled] = {
     "ddpm": Bundled("ddpm.safetensors", "ddpm", {"sampler": "ddpm"}, "DDPM on MNIST, ancestral sampler, 1000 steps"),
     "ddim": Bundled("ddpm.safetensors", "ddpm", {"sampler": "ddim", "steps": 50}, "the DDPM network with the DDIM sampler, 50 steps"),
+    "vae": Bundled("vae.safetensors", "vae", {}, "convolutional Gaussian VAE on MNIST, 16-d latent, discretized-logistic decoder"),
+    "vqvae": Bundled("vqvae.safetensors", "vqvae", {}, "VQ-VAE on MNIST, 7x7 codes from 128, EMA codebook, transformer prior"),
+    "augvae": Bundled("augvae.safetensors", "augvae", {}, "class-conditional VAE on MNIST trained on augmented views (--class 0-9)"),
 }
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+))?$")

@@ -76,6 +76,17 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
     return perm[pos * batch:(pos + 1) * batch]
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names and bytes: a cheap equality check across processes and files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class EMA:
     """Exponential moving average of a model's floating-point state (Polyak averaging)."""
 
@@ -284,8 +295,15 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
     if world > 1:
         dist.barrier()
     elapsed = time.perf_counter() - t_start
+    digest = state_digest(model.state_dict())
+    agree = True
+    if world > 1:
+        digests: list = [None] * world
+        dist.all_gather_object(digests, digest)
+        agree = all(d == digest for d in digests)
     summary = {"out": str(out), "step": step, "steps_this_run": step - start_step, "seconds": round(elapsed, 2),
-               "it_s": round((step - start_step) / max(elapsed, 1e-9), 3), "interrupted": interrupted}
+               "it_s": round((step - start_step) / max(elapsed, 1e-9), 3), "interrupted": interrupted,
+               "world_size": world, "weights_sha256": digest, "ranks_agree": agree}
     if interrupted:
         if rank == 0:
             _log(f"gmkit: interrupted at step {step}; checkpoint saved in {out} (continue with --resume {out})")

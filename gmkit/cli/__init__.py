@@ -9,13 +9,14 @@ import typer
 
 from . import _common
 
-app = typer.Typer(name="gmkit", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(name="gmkit", invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train, sample, encode and benchmark generative models (VAE, GAN, flow, DDPM/DDIM, ...).")
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+def _root(ctx: typer.Context,
+          debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
           version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
     if version:
         from .. import __version__
@@ -23,12 +24,15 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
         typer.echo(__version__)
         raise typer.Exit()
     _common.STATE.debug = debug
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
 
 
 def _register() -> None:
     import importlib
 
-    for name in ("train", "sample", "encode", "bench", "models"):
+    for name in ("train", "sample", "encode", "decode", "quantize", "bench", "models"):
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError:

@@ -35,7 +35,9 @@ def run_app(app: typer.Typer) -> None:
     from ..errors import GmkitError
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns (not raises) an Exit's code in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except GmkitError as e:
         if STATE.debug:
             traceback.print_exc()
@@ -49,10 +51,8 @@ def run_app(app: typer.Typer) -> None:
     except typer.Abort:
         print("gmkit: aborted", file=sys.stderr)
         sys.exit(1)
-    except Exception as e:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors (Typer's click) and unexpected failures
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
         if STATE.debug:

@@ -49,6 +49,7 @@ def encode_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files or folders, or - for one image on stdin."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Inversion steps (diffusion models; default 50)."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Class label (class-conditional models)."),
+    refine: Optional[int] = typer.Option(None, "--refine", help="DDIM inversion: fixed-point iterations per step (default 2; 0 = plain)."),
     out: str = typer.Option("-", "--out", "-o", help="A .safetensors file, or - for stdout (to pipe into quantize/decode)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report (needs --out FILE)."),
@@ -76,12 +77,19 @@ def encode_cmd(
         raise GmkitError(f"{net.name} models cannot encode images")
     c, h, _ = net.image_shape
     x, paths = gather_images(inputs, c, h)
-    opts = {k: v for k, v in {"steps": steps, "class_label": class_label}.items() if v is not None}
+    if refine is not None and refine < 0:
+        raise GmkitError(f"--refine must be >= 0, got {refine}")
+    opts = {k: v for k, v in {"steps": steps, "class_label": class_label, "refine": refine}.items() if v is not None}
     latents = net.encode(x.to(dev), **opts)
-    latents = {k: v.float().cpu().contiguous() for k, v in latents.items()}
+    latents = {k: (v.float() if v.is_floating_point() else v).cpu().contiguous() for k, v in latents.items()}  # codes, labels stay integers
     meta = {"gmkit.kind": "latents", "gmkit.model": model, "gmkit.family": net.name,
             "gmkit.image_shape": json.dumps(list(net.image_shape)), "gmkit.options": json.dumps(opts),
             "gmkit.inputs": json.dumps(paths[:1000])}
+    from ..latents import model_id
+
+    meta["gmkit.model_id"] = model_id(src.path)  # decode refuses latents from another checkpoint
+    if hasattr(net, "latent_metadata"):  # e.g. the VQ-VAE's codebook id
+        meta.update(net.latent_metadata())
     if out == "-":
         sys.stdout.buffer.write(save(latents, metadata=meta))
         sys.stdout.buffer.flush()

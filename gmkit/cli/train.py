@@ -107,7 +107,10 @@ def train_cmd(
     if rank == 0:
         say(f"gmkit: training {family.name} ({recipe['params'] / 1e6:.2f}M parameters) on {data} "
             f"({len(ds)} images {tuple(ds.images.shape[1:])}) on {dev}, {world} process(es) -> {out}", quiet)
-    summary = train(net, ds, out, tcfg, dev, recipe, resume_state, quiet)
+    try:
+        summary = train(net, ds, out, tcfg, dev, recipe, resume_state, quiet)
+    except KeyboardInterrupt:  # the loop saved a checkpoint and said so
+        raise typer.Exit(130) from None
     if rank == 0:
         say(f"gmkit: done: step {summary['step']}, {summary['it_s']} it/s; model in {out / 'model.safetensors'}", quiet)
         if json_out:
@@ -120,7 +123,11 @@ def train_cmd(
 
 def _config_shape(cfg) -> tuple:
     u = getattr(cfg, "unet", None)
-    return (u.in_channels, u.sample_size, u.sample_size) if u is not None else ()
+    if u is not None:
+        return (u.in_channels, u.sample_size, u.sample_size)
+    if hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
+        return (cfg.in_channels, cfg.image_size, cfg.image_size)
+    return ()
 
 
 def adapt_config(cfg, ds, conditional: bool):
@@ -139,6 +146,19 @@ def adapt_config(cfg, ds, conditional: bool):
             raise GmkitError("--conditional needs labelled data (a bundled data set, or class subfolders)")
         u = dataclasses.replace(u, in_channels=c, out_channels=c, sample_size=h, num_classes=k)
         cfg = dataclasses.replace(cfg, unet=u)
+    elif hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
+        # Flat configs (autoencoder families): channels, resolution and, where the config has
+        # one, num_classes. A config class may declare ``always_conditional`` (augvae).
+        changes = {"in_channels": c, "image_size": h}
+        if hasattr(cfg, "num_classes"):
+            want = conditional or getattr(cfg, "always_conditional", False)
+            if want and not ds.num_classes:
+                raise GmkitError(f"{'this family' if not conditional else '--conditional'} needs labelled data "
+                                 "(a bundled data set, or class subfolders)")
+            changes["num_classes"] = ds.num_classes if want else 0
+        elif conditional:
+            raise GmkitError("this family cannot be trained --conditional")
+        cfg = dataclasses.replace(cfg, **changes)
     return cfg
 
 

@@ -7,9 +7,12 @@ from .base import Family
 
 
 def family_classes() -> dict[str, type[Family]]:
+    from .augvae import AugVAE
     from .diffusion import Diffusion
+    from .vae import VAE
+    from .vqvae import VQVAE
 
-    return {cls.name: cls for cls in (Diffusion,)}
+    return {cls.name: cls for cls in (Diffusion, VAE, VQVAE, AugVAE)}
 
 
 def get_family(name: str) -> type[Family]:

@@ -48,7 +48,7 @@ class Family(nn.Module):
         losses = wrapped(batch)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            return {"loss": float(loss)}
+            return {"loss": float(loss.detach())}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip if grad_clip > 0 else float("inf"))

@@ -145,9 +145,13 @@ class Diffusion(Family):
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor, steps: int | None = None, class_label: int | None = None,
-               callback=None, **_: Any) -> dict[str, torch.Tensor]:
-        """DDIM inversion: the starting noise from which deterministic DDIM regenerates ``x``."""
+               refine: int | None = None, callback=None, **_: Any) -> dict[str, torch.Tensor]:
+        """DDIM inversion: the starting noise from which deterministic DDIM regenerates ``x``.
+
+        ``refine`` fixed-point iterations per step (default 2) make it the sampler's exact inverse.
+        """
         ts = self.timesteps(steps or 50)
         x = x.to(self.device, torch.float32)
         eps = self.eps_fn(self._labels(class_label, x.shape[0], x.device))
-        return {"noise": samplers.ddim_invert(eps, x, ts, self.alphas_cumprod, callback=callback)}
+        return {"noise": samplers.ddim_invert(eps, x, ts, self.alphas_cumprod, refine=2 if refine is None else refine,
+                                              callback=callback)}

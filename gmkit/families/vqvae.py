@@ -1,0 +1,205 @@
+"""VQ-VAE (van den Oord et al. 2017) with an EMA codebook and a learned autoregressive prior.
+
+    z_e = E(x)                      encoder: a (D, h, w) map of continuous vectors
+    k   = argmin_j ||z_e - e_j||    vector quantization (gmkit.nn.quantizer), codebook by EMA
+    x^  = G(e_k)                    decoder; gradients reach E straight through the quantizer
+    loss = ||x - x^||^2 + beta ||z_e - sg(e_k)||^2                     (eq. 3, codebook term by EMA)
+         + prior_weight * CE(prior(sg(k)), k)                          (the prior, on detached codes)
+
+The prior is a small causal transformer over the code map in raster order. It trains in the
+same loop and the same checkpoint as the autoencoder: its input is the detached code map, so its
+loss never reaches the autoencoder, and it has its own optimizer and gradient clipping
+(``optimizers`` / ``train_step``). ``sample`` draws a code map from the prior, position by
+position, and decodes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import GmkitError
+from ..nn.autoencoder import ConvDecoder, ConvEncoder
+from ..nn.quantizer import VectorQuantizer
+from .base import DECODE, ENCODE, SAMPLE, Family
+
+
+@dataclass
+class VQVAEConfig:
+    in_channels: int = 1
+    image_size: int = 28
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # one stride-2 stage each: 28 -> 7
+    res_blocks: int = 1
+    num_codes: int = 128
+    code_dim: int = 16
+    commitment: float = 0.25  # beta in eq. 3
+    ema_decay: float = 0.99
+    dead_threshold: float = 1.0  # codes whose EMA usage falls below this are restarted
+    prior_dim: int = 96
+    prior_layers: int = 2
+    prior_heads: int = 4
+    prior_weight: float = 1.0
+    temperature: float = 1.0  # softmax temperature when sampling the prior
+
+
+class CodePrior(nn.Module):
+    """A causal transformer over flattened code maps: p(k) = prod_i p(k_i | k_<i)."""
+
+    def __init__(self, num_codes: int, length: int, dim: int, layers: int, heads: int):
+        super().__init__()
+        self.length = length
+        self.tok = nn.Embedding(num_codes + 1, dim)  # the last id is the start token
+        self.pos = nn.Parameter(torch.zeros(length, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_codes)
+        self.start = num_codes
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, L') with L' <= length -> logits (B, L', K) for positions 0..L'-1 (shifted input)."""
+        b, n = codes.shape
+        inp = torch.cat([torch.full((b, 1), self.start, device=codes.device, dtype=torch.long), codes[:, :-1]], 1)
+        h = self.tok(inp) + self.pos[:n]
+        mask = nn.Transformer.generate_square_subsequent_mask(n, device=codes.device, dtype=h.dtype)
+        h = self.blocks(h, mask=mask, is_causal=True)
+        return self.head(self.norm(h))
+
+
+class VQVAE(Family):
+    name = "vqvae"
+    Config = VQVAEConfig
+    capabilities = frozenset({SAMPLE, ENCODE, DECODE})
+    sample_options = frozenset()
+    latent_key = "codes"
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__(config)
+        c = config
+        if not c.channels or c.image_size % (2 ** len(c.channels)):
+            raise GmkitError(f"image_size {c.image_size} must be divisible by 2^{len(c.channels)}")
+        self.s = c.image_size // 2 ** len(c.channels)
+        self.encoder = ConvEncoder(c.in_channels, c.channels, c.code_dim, c.res_blocks)
+        self.quantizer = VectorQuantizer(c.num_codes, c.code_dim, c.ema_decay, dead_threshold=c.dead_threshold)
+        self.decoder = ConvDecoder(c.code_dim, c.channels, c.in_channels, c.res_blocks)
+        self.prior = CodePrior(c.num_codes, self.s * self.s, c.prior_dim, c.prior_layers, c.prior_heads)
+
+    @property
+    def image_shape(self):
+        return (self.config.in_channels, self.config.image_size, self.config.image_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return (self.s, self.s)
+
+    def codebook_id(self) -> str:
+        """A short fingerprint of the codebook: code maps are only meaningful with it."""
+        data = self.quantizer.embed.detach().float().cpu().contiguous().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    def latent_metadata(self) -> dict[str, str]:
+        return {"gmkit.codebook_id": self.codebook_id(), "gmkit.num_codes": str(self.config.num_codes)}
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["image"]
+        z = self.encoder(x)
+        z_q, codes, commit, stats = self.quantizer(z)
+        recon = self.decoder(z_q).float()
+        mse = F.mse_loss(recon, x.float())
+        logits = self.prior(codes.detach().flatten(1))
+        prior_ce = F.cross_entropy(logits.float().reshape(-1, self.config.num_codes), codes.flatten())
+        loss = mse + self.config.commitment * commit + self.config.prior_weight * prior_ce
+        # Components keep their graphs (tests backpropagate them alone); train_step logs floats.
+        return {"loss": loss, "mse": mse, "commit": commit, "prior_nll": prior_ce,
+                "perplexity": stats["perplexity"], "usage": stats["usage"]}
+
+    def _groups(self) -> tuple[list, list]:
+        prior = list(self.prior.parameters())
+        ids = {id(p) for p in prior}
+        return [p for p in self.parameters() if id(p) not in ids], prior
+
+    def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
+        ae, prior = self._groups()
+        return {"model": torch.optim.AdamW(ae, lr=lr, weight_decay=weight_decay),
+                "prior": torch.optim.AdamW(prior, lr=lr, weight_decay=weight_decay)}
+
+    def train_step(self, wrapped, batch, opts, step, grad_clip):
+        """One step of both optimizers; the two losses touch disjoint parameters, so one backward serves."""
+        losses = wrapped(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            return {"loss": float(loss)}
+        for opt in opts.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = grad_clip if grad_clip > 0 else float("inf")
+        ae, prior = self._groups()
+        norm = torch.nn.utils.clip_grad_norm_(ae, clip)
+        prior_norm = torch.nn.utils.clip_grad_norm_(prior, clip)
+        opts["model"].step()
+        opts["prior"].step()
+        return {**{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(norm),
+                "prior_grad_norm": float(prior_norm)}
+
+    # -- encode / decode / sample -------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        """Images -> integer code maps (N, h, w)."""
+        z = self.encoder(x.to(self.device, next(self.parameters()).dtype))
+        _, codes, _, _ = self.quantizer(z)
+        return {"codes": codes}
+
+    @torch.inference_mode()
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstructions in [-1, 1], code maps)."""
+        codes = self.encode(x)["codes"]
+        return self.decode(codes), codes
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor, **_: Any) -> torch.Tensor:
+        """Integer code maps (N, h, w), or quantized vectors (N, code_dim, h, w), -> images in [-1, 1]."""
+        h, w = self.latent_shape
+        k, d = self.config.num_codes, self.config.code_dim
+        if z.numel() == 0:
+            raise GmkitError(f"{self.name} decode: the code tensor is empty")
+        if not z.is_floating_point():
+            if z.ndim != 3 or tuple(z.shape[1:]) != (h, w):
+                raise GmkitError(f"{self.name} decode: code maps of shape {tuple(z.shape)}, this model needs (N, {h}, {w})")
+            if bool(((z < 0) | (z >= k)).any()):
+                raise GmkitError(f"{self.name} decode: codes must lie in 0..{k - 1}, found {int(z.min())}..{int(z.max())}")
+            q = self.quantizer.lookup(z.to(self.device).long()).permute(0, 3, 1, 2)
+        else:
+            if z.ndim != 4 or tuple(z.shape[1:]) != (d, h, w):
+                raise GmkitError(f"{self.name} decode: latents of shape {tuple(z.shape)}, this model needs (N, {d}, {h}, {w})")
+            if not bool(torch.isfinite(z).all()):
+                raise GmkitError(f"{self.name} decode: the latents hold NaN or infinite values")
+            q = z.to(self.device)
+        dtype = next(self.decoder.parameters()).dtype
+        return self.decoder(q.to(dtype)).float().clamp(-1, 1)
+
+    @torch.inference_mode()
+    def sample_codes(self, noise: list[torch.Generator], temperature: float | None = None) -> torch.Tensor:
+        """Code maps (N, h, w) drawn from the prior; position i of image j uses generator j alone."""
+        n, (h, w) = len(noise), self.latent_shape
+        t = temperature or self.config.temperature
+        codes = torch.zeros((n, h * w), dtype=torch.long, device=self.device)
+        # One uniform per image and position, from the image's own generator: an image depends
+        # only on its seed, whatever the batch.
+        u = torch.stack([torch.rand(h * w, generator=g) for g in noise]).to(self.device)
+        for i in range(h * w):
+            logits = self.prior(codes[:, :i + 1])[:, i].float() / t
+            cdf = logits.softmax(-1).cumsum(-1)
+            codes[:, i] = torch.searchsorted(cdf, u[:, i:i + 1] * cdf[:, -1:]).squeeze(1).clamp_max(self.config.num_codes - 1)
+        return codes.view(n, h, w)
+
+    @torch.inference_mode()
+    def sample(self, noise: list[torch.Generator], callback=None, **_: Any) -> torch.Tensor:
+        return self.decode(self.sample_codes(noise))
