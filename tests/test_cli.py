@@ -156,3 +156,15 @@ def test_error_hub_offline_without_cache(tmp_path):
 def test_debug_shows_traceback():
     r = run_cli("--debug", "sample", "nosuchmodel")
     assert r.code != 0 and "Traceback" in r.err
+
+
+def test_error_missing_checkpoint(tmp_path):
+    _one_line_error(run_cli("sample", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x.png")), "no such file")
+    (tmp_path / "run").mkdir()
+    _one_line_error(run_cli("sample", str(tmp_path / "run"), "--out", str(tmp_path / "x.png")), "no model.safetensors")
+
+
+def test_error_bad_set_and_family(tmp_path):
+    _one_line_error(run_cli("train", "ddpm", "--data", "digits", "--steps", "1", "--set", "unet.nope=1",
+                            "--out", str(tmp_path / "r")), "nope")
+    _one_line_error(run_cli("train", "nosuchfamily", "--data", "digits", "--out", str(tmp_path / "r")), "nosuchfamily")

@@ -32,7 +32,7 @@ def _root(ctx: typer.Context,
 def _register() -> None:
     import importlib
 
-    for name in ("train", "sample", "encode", "decode", "quantize", "bench", "models"):
+    for name in ("train", "sample", "encode", "decode", "quantize", "bench", "metrics", "models"):
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError:

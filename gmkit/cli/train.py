@@ -65,10 +65,12 @@ def train_cmd(
         resume_state = read_train_state(resume)
         cfg, tcfg = load_resume_config(resume_state, family)
         recipe_prev = json.loads(resume_state[1].get("gmkit.recipe", "{}"))
-        if config is not None or family_sets or conditional or image_size is not None:
-            say("gmkit: --resume keeps the run's model config; --config/--set/--conditional/--image-size are ignored", quiet)
+        if config is not None or family_sets or conditional:
+            say("gmkit: --resume keeps the run's model config; --config/--set/--conditional are ignored", quiet)
+        if image_size is not None and recipe_prev.get("image_size") not in (None, image_size):
+            raise GmkitError(f"--image-size {image_size}: the run was trained at {recipe_prev['image_size']}")
         data = data or recipe_prev.get("data")
-        image_size = recipe_prev.get("image_size")
+        image_size = recipe_prev.get("image_size") or image_size
         out = out or resume
     else:
         base = to_dict(family.Config())
@@ -78,7 +80,7 @@ def train_cmd(
             except (OSError, json.JSONDecodeError) as e:
                 raise GmkitError(f"--config {config}: cannot read JSON ({e})") from None
         cfg = from_dict(family.Config, apply_overrides(base, family_sets), "config")
-        tcfg = TrainConfig()
+        tcfg = from_dict(TrainConfig, {**to_dict(TrainConfig()), **family.train_defaults}, f"{family.name} train defaults")
     tdict = to_dict(tcfg)
     for key, val in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed),
                      ("checkpoint_every", checkpoint_every), ("save_dtype", save_dtype)):

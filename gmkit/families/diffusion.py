@@ -83,7 +83,7 @@ class Diffusion(Family):
         dtype = next(self.unet.parameters()).dtype
 
         def net(x, t_vec, labels):
-            return self.unet(x.to(dtype), t_vec, labels).float()
+            return self.unet(x.to(dtype).contiguous(memory_format=torch.channels_last), t_vec, labels).float()
 
         def eps(x: torch.Tensor, t: int) -> torch.Tensor:
             t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)

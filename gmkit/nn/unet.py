@@ -23,7 +23,7 @@ class UNetConfig:
     out_channels: int = 1
     sample_size: int = 28
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 2
+    layers_per_block: int = 1  # 2 is the DDPM paper; 1 trains ~45% faster on a CPU for MNIST-sized data
     # Which blocks (by index, 0 = full resolution) get self-attention. Attention is costly at
     # high resolution, so the defaults use it only at the lowest one.
     attention_blocks: list[int] = field(default_factory=lambda: [2])
