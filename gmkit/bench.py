@@ -1,4 +1,10 @@
-"""Sampling speed, measured: warm-up, then the median of several timed runs per configuration."""
+"""Sampling speed and quality, measured: warm-up, then the median of several timed runs per configuration.
+
+``bench_one`` times one configuration (model, sampler, steps, batch, dtype, compile); with
+``quality_samples`` it also scores that many images of the same configuration with
+``metrics.evaluate``. ``sweep`` runs the cartesian product and ``ddim_claim`` reads off DDIM's
+promise from the rows: the fewest steps at which DDIM matches DDPM-1000 quality, and the speed-up.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,16 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .errors import GmkitError
+from .families.base import STEPS
 from .registry import load
+
+# A configuration counts as reaching the reference quality when its FD is within this share of it.
+CLAIM_TOLERANCE = 0.10
 
 
 @dataclass
@@ -19,7 +30,7 @@ class BenchRow:
     model: str
     family: str
     sampler: str
-    steps: int
+    steps: int  # network calls per image for step-based samplers; 1 for one-pass families
     batch: int
     device: str
     dtype: str
@@ -28,6 +39,14 @@ class BenchRow:
     seconds_per_batch: float
     peak_memory_mb: float
     runs: int
+    # Added by the sweep work; the keys above are unchanged for older JSON readers.
+    steps_applicable: bool = True
+    compile: bool = False
+    ms_per_image: float = 0.0
+    gflops_per_image: float | None = None  # matmul/conv/attention FLOPs (torch FlopCounterMode)
+    tflops: float | None = None  # achieved: FLOPs per image x images/s
+    peak_memory_kind: str = "rss"  # cuda (allocator peak of this configuration) or rss (process peak so far)
+    quality: dict | None = field(default=None)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,34 +64,205 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(model: str, steps: int | None, batch: int, device: torch.device, dtype: torch.dtype,
-              runs: int = 3, sampler: str | None = None, compile: bool = False) -> BenchRow:
-    net, src = load(model, device, dtype)
-    if compile:
-        net.unet = torch.compile(net.unet) if hasattr(net, "unet") else net
-    opts = dict(src.defaults)
+def sample_options(net, defaults: dict, sampler: str | None, steps: int | None) -> tuple[dict, int, bool]:
+    """The options a sample call gets, its network calls per image, and whether steps apply."""
+    opts = dict(defaults)
+    if STEPS not in net.capabilities:  # one network pass per image (GAN, VAE, flow): no sampler, no steps
+        opts.pop("sampler", None)
+        opts.pop("steps", None)
+        return opts, 1, False
     if sampler:
         opts["sampler"] = sampler
     if steps:
         opts["steps"] = steps
     opts.setdefault("sampler", "ddpm")
-    steps = opts.get("steps") or (net.config.num_train_timesteps if opts["sampler"] == "ddpm" else 50)
-    opts["steps"] = steps
-    gens = lambda: [torch.Generator().manual_seed(i) for i in range(batch)]  # noqa: E731
+    opts["steps"] = opts.get("steps") or (net.config.num_train_timesteps if opts["sampler"] == "ddpm" else 50)
+    return opts, opts["steps"], True
+
+
+def generators(start: int, count: int) -> list[torch.Generator]:
+    """Image i comes from seed i, whatever the batch (the CLI's --seed convention with S = 0)."""
+    return [torch.Generator().manual_seed(i) for i in range(start, start + count)]
+
+
+def count_flops(net, opts: dict, calls: int) -> float | None:
+    """FLOPs per image: one image through one network call (FlopCounterMode), times the calls."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:  # pragma: no cover - torch < 2.1
+        return None
+    one = {**opts, "steps": 1} if "steps" in opts else dict(opts)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            net.sample(generators(0, 1), **one)
+        return float(counter.get_total_flops()) * calls
+    except Exception:  # an op the counter cannot trace: leave the column empty rather than fail the bench
+        return None
+
+
+def generate(net, opts: dict, n: int, batch: int, device: torch.device, callback=None) -> tuple[torch.Tensor, list[float]]:
+    """``n`` images (seeds 0..n-1) in batches, and the seconds each full batch took."""
+    chunks, times = [], []
+    for start in range(0, n, batch):
+        count = min(batch, n - start)
+        t0 = time.perf_counter()
+        chunks.append(net.sample(generators(start, count), **opts).float().cpu())
+        _sync(device)
+        if count == batch:
+            times.append(time.perf_counter() - t0)
+        if callback is not None:
+            callback(start + count, n)
+    return torch.cat(chunks), times
+
+
+def warm_up(net, opts: dict, batch: int, device: torch.device) -> None:
+    """A short run with the same shapes (allocator, kernels, compile caches)."""
+    net.sample(generators(0, batch), **({**opts, "steps": min(opts["steps"], 5)} if "steps" in opts else opts))
+    _sync(device)
+
+
+def bench_one(model: str, steps: int | None, batch: int, device: torch.device, dtype: torch.dtype,
+              runs: int = 3, sampler: str | None = None, compile: bool = False, quality_samples: int = 0,
+              reference: str = "mnist", net_src=None) -> BenchRow:
+    net, src = net_src or load(model, device, dtype)
+    opts, calls, applicable = sample_options(net, src.defaults, sampler, steps)
+    flops = count_flops(net, opts, calls)
+    compiled = False
+    if compile and hasattr(net, "unet"):
+        net.unet = torch.compile(net.unet)
+        compiled = True
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    # Warm-up: a short run with the same shapes (allocator, kernels, compile caches).
-    net.sample(gens(), **{**opts, "steps": min(steps, 5)})
-    _sync(device)
+    warm_up(net, opts, batch, device)
     times = []
     for _ in range(runs):
         gc.collect()
         t0 = time.perf_counter()
-        net.sample(gens(), **opts)
+        net.sample(generators(0, batch), **opts)
         _sync(device)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return BenchRow(model=model, family=net.name, sampler=opts["sampler"], steps=steps, batch=batch, device=str(device),
-                    dtype=str(dtype).replace("torch.", ""), images_per_s=round(batch / t, 3),
-                    ms_per_step=round(1000 * t / steps, 3), seconds_per_batch=round(t, 4),
-                    peak_memory_mb=round(_peak_memory_mb(device), 1), runs=runs)
+    ips = batch / t
+    row = BenchRow(model=model, family=net.name, sampler=opts.get("sampler", "-"), steps=calls, batch=batch,
+                   device=str(device), dtype=str(dtype).replace("torch.", ""), images_per_s=round(ips, 3),
+                   ms_per_step=round(1000 * t / calls, 3), seconds_per_batch=round(t, 4),
+                   peak_memory_mb=round(_peak_memory_mb(device), 1), runs=runs, steps_applicable=applicable,
+                   compile=compiled, ms_per_image=round(1000 * t / batch, 3),
+                   gflops_per_image=round(flops / 1e9, 4) if flops else None,
+                   tflops=round(flops * ips / 1e12, 5) if flops else None,
+                   peak_memory_kind="cuda" if device.type == "cuda" else "rss")
+    if quality_samples:
+        from .metrics.evaluate import evaluate
+
+        images, _ = generate(net, opts, quality_samples, batch, device)
+        result = evaluate(images, reference)
+        row.quality = {"n": result["n"], "seeds": f"0-{quality_samples - 1}", "reference": result["reference"],
+                       **result["metrics"], "baseline_fd": result["baseline_real_train_vs_heldout"]["fd"],
+                       "baseline_kid": result["baseline_real_train_vs_heldout"]["kid"],
+                       "fd_name": result["names"]["fd"]}
+    return row
+
+
+def sweep(models: list[str], samplers: list[str | None], steps: list[int | None], batches: list[int],
+          dtypes: list[torch.dtype], compiles: list[bool], device: torch.device, runs: int = 3,
+          quality_samples: int = 0, reference: str = "mnist", say=lambda msg: None) -> tuple[list[dict], list[dict]]:
+    """Every combination; returns (rows, skipped). A model that cannot load, or a configuration it
+    cannot run, is skipped with the reason instead of ending the sweep."""
+    rows, skipped = [], []
+    for name in models:
+        for dt in dtypes:
+            try:
+                net, src = load(name, device, dt)
+            except GmkitError as e:
+                skipped.append({"model": name, "dtype": str(dt).replace("torch.", ""), "reason": str(e)})
+                say(f"gmkit: warning: skipping {name}: {e}")
+                continue
+            has_steps = STEPS in net.capabilities
+            seen = set()
+            for smp in samplers if has_steps else [None]:
+                for s in steps if has_steps else [None]:
+                    for b in batches:
+                        for comp in compiles:
+                            key = (smp, s, b, comp)
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                            say(f"gmkit: bench {name} sampler={smp or 'default'} steps={s or 'default'} batch={b} "
+                                f"dtype={str(dt).replace('torch.', '')}{' compile' if comp else ''} ...")
+                            try:
+                                # A fresh model for compiled runs, so the eager rows stay eager.
+                                pair = load(name, device, dt) if comp else (net, src)
+                                rows.append(bench_one(name, s, b, device, dt, runs, smp, comp, quality_samples,
+                                                      reference, net_src=pair).as_dict())
+                            except GmkitError as e:
+                                skipped.append({"model": name, "sampler": smp, "steps": s, "batch": b, "reason": str(e)})
+                                say(f"gmkit: warning: skipping {name} sampler={smp} steps={s}: {e}")
+    return rows, skipped
+
+
+def ddim_claim(rows: list[dict], tolerance: float = CLAIM_TOLERANCE) -> dict:
+    """DDIM's claim, measured: the fewest DDIM steps whose FD is within ``tolerance`` of the
+    longest DDPM run's (1000 steps when swept), and the images/s ratio between the two.
+    Compared at the same batch size and dtype; needs rows with quality."""
+    scored = [r for r in rows if r.get("quality") and r["family"] == "ddpm"]
+    refs = [r for r in scored if r["sampler"] == "ddpm"]
+    if not refs:
+        return {"status": "n/a", "reason": "no DDPM-sampler row with quality (sweep ddpm with --quality or --out)"}
+    ref = max(refs, key=lambda r: (r["steps"], r["quality"]["n"]))
+    cands = sorted((r for r in scored if r["sampler"] == "ddim" and r["batch"] == ref["batch"] and r["dtype"] == ref["dtype"]),
+                   key=lambda r: r["steps"])
+    if not cands:
+        return {"status": "n/a", "reason": "no DDIM row with quality at the reference's batch size and dtype"}
+    target = ref["quality"]["fd"] * (1 + tolerance)
+    out = {"reference": {k: ref[k] for k in ("model", "sampler", "steps", "batch", "dtype", "images_per_s")} | {"fd": ref["quality"]["fd"]},
+           "criterion": f"FD <= {1 + tolerance:.2f} x the reference FD ({target:.3f})",
+           "ddim": [{"steps": r["steps"], "fd": r["quality"]["fd"], "images_per_s": r["images_per_s"]} for r in cands],
+           "note": "FD over gmkit's MNIST extractor; sample counts per row in quality.n. With few samples FD is noisy: "
+                   "compare the gap with the real-vs-real baseline (quality.baseline_fd)."}
+    hit = next((r for r in cands if r["quality"]["fd"] <= target), None)
+    if hit is None:
+        out.update(status="not reached", reason=f"no swept DDIM step count reached {target:.3f}")
+        return out
+    out.update(status="reached", steps=hit["steps"], fd=hit["quality"]["fd"],
+               speedup=round(hit["images_per_s"] / ref["images_per_s"], 2))
+    return out
+
+
+def plot_sweep(rows: list[dict], path) -> None:
+    """Quality (FD) and speed (images/s) against steps, one line per model/sampler/batch/dtype/compile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_q, ax_t) = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups: dict = {}
+    for r in rows:
+        key = (r["model"], r["sampler"], r["batch"], r["dtype"], r.get("compile", False))
+        groups.setdefault(key, []).append(r)
+    for (model, smp, b, dt, comp), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["steps"])
+        label = f"{model} ({smp}, b={b}, {dt}{', compiled' if comp else ''})" if smp != "-" else f"{model} (b={b}, {dt})"
+        xs = [r["steps"] for r in rs]
+        marker = "o-" if len(rs) > 1 else "s"
+        q = [(r["steps"], r["quality"]["fd"]) for r in rs if r.get("quality")]
+        if q:
+            ax_q.plot([a for a, _ in q], [f for _, f in q], marker, label=label)
+        ax_t.plot(xs, [r["images_per_s"] for r in rs], marker, label=label)
+    base = [r["quality"]["baseline_fd"] for r in rows if r.get("quality")]
+    if base:
+        ax_q.axhline(statistics.median(base), color="grey", ls="--", lw=1, label="real-vs-real baseline")
+    for ax, title in ((ax_q, "sample quality (lower is better)"), (ax_t, "sampling speed")):
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls per image (steps)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax_q.set_ylabel(next((r["quality"]["fd_name"] for r in rows if r.get("quality")), "FD"))
+    ax_t.set_ylabel("images / s")
+    ax_t.set_yscale("log")
+    if not base:
+        ax_q.text(0.5, 0.5, "no quality measured\n(use --quality or --out)", ha="center", va="center", transform=ax_q.transAxes)
+    ax_t.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

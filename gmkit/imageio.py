@@ -127,3 +127,36 @@ def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
     if resized:
         print(f"gmkit: {path}: resized to {size}x{size} for this model", file=sys.stderr)
     return torch.from_numpy(arr)[None] / 127.5 - 1
+
+
+def load_image_set(path: str):
+    """A folder of images (any size: resized, and said so), or a .safetensors holding an images tensor."""
+    from .data.core import IMAGE_SUFFIXES
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".safetensors":
+        from .checkpoint import load_tensors
+
+        tensors, _ = load_tensors(p)
+        x = tensors.get("images", next(iter(tensors.values())) if len(tensors) == 1 else None)
+        if x is None or x.ndim != 4:
+            raise GmkitError(f"{path}: expected an 'images' tensor of shape (N, C, H, W)")
+        return x.float(), []
+    if not p.is_dir():
+        raise GmkitError(f"{path}: not a folder of images nor a .safetensors file")
+    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise GmkitError(f"{path}: no images in this folder")
+    from PIL import Image
+
+    sizes = set()
+    for f in files[:2000]:
+        with Image.open(f) as im:
+            sizes.add(im.size)
+    notes = [f"images of {len(sizes)} different sizes: each resized to 28x28"] if len(sizes) > 1 else []
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):  # per-file resize notes: summarised above instead
+        x = torch.cat([load_image_file(str(f), 1, 28) for f in files])
+    return x, notes

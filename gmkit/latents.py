@@ -96,7 +96,7 @@ def check_source(meta: dict[str, str], family: str, fingerprint: str, model: str
         raise GmkitError(f"{where}: no gmkit.family in its metadata; decode reads files written by gmkit encode or quantize")
     if fam != family:
         raise GmkitError(f"{where}: holds {fam} latents (from {meta.get('gmkit.model', '?')}); "
-                         f"{model} is a {family} model. Decode with the model that encoded them")
+                         f"{model} is a model of the {family} family. Decode with the model that encoded them")
     mid = meta.get("gmkit.model_id")
     if mid and mid != fingerprint:
         raise GmkitError(f"{where}: was encoded by another {family} checkpoint ({meta.get('gmkit.model', '?')}, "

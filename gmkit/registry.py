@@ -37,6 +37,8 @@ BUNDLED: dict[str, Bundled] = {
     "vae": Bundled("vae.safetensors", "vae", {}, "convolutional Gaussian VAE on MNIST, 16-d latent, discretized-logistic decoder"),
     "vqvae": Bundled("vqvae.safetensors", "vqvae", {}, "VQ-VAE on MNIST, 7x7 codes from 128, EMA codebook, transformer prior"),
     "augvae": Bundled("augvae.safetensors", "augvae", {}, "class-conditional VAE on MNIST trained on augmented views (--class 0-9)"),
+    "gan": Bundled("gan.safetensors", "gan", {}, "DCGAN on MNIST: hinge loss, spectral-norm discriminator, EMA generator (--truncation T)"),
+    "flow": Bundled("flow.safetensors", "flow", {}, "Glow-style multi-scale flow on MNIST: exact bits/dim and latents (--temperature T)"),
 }
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+))?$")

@@ -1,65 +1,116 @@
-"""``gmkit bench --models ddpm,ddim``: sampling speed per model, sampler, steps and batch size."""
+"""``gmkit bench --models ddpm,ddim``: sampling speed (and, on request, quality) per configuration.
+
+Sweeps models x samplers x steps x batch sizes x dtypes (x compiled/eager), e.g.
+``gmkit bench --models ddpm,ddim --steps 10,20,50,100,1000 --out sweep/`` measures DDIM's claim.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, DTYPE_HELP, emit_json, parse_int_list, positive, resolve_device, resolve_dtype, say
+from ._common import DEVICE_HELP, emit_json, parse_int_list, positive, resolve_device, resolve_dtype, say
+
+
+def _names(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
 
 
 def bench_cmd(
     models: str = typer.Option("ddpm,ddim", "--models", help="Comma-separated model sources."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Step counts, comma-separated (default: each model's own)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Step counts, comma-separated (default: each model's own; n/a for one-pass families)."),
     batch_size: str = typer.Option("16", "--batch-size", help="Batch sizes, comma-separated."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="Force one sampler for every model."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="Samplers, comma-separated (e.g. ddpm,ddim); default: what each model name implies."),
     runs: int = typer.Option(3, "--runs", help="Timed runs per configuration (the median is reported)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help="Comma-separated: auto (fp32 on CPU, bf16 on GPU), fp32, fp16, bf16."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
+    compile_both: bool = typer.Option(False, "--compile-both", help="Sweep eager and compiled."),
+    quality: bool = typer.Option(False, "--quality", help="Also score each configuration's samples (FD, KID, precision/recall)."),
+    quality_samples: int = typer.Option(128, "--quality-samples", help="Images scored per configuration (seeds 0..N-1)."),
+    reference: str = typer.Option("mnist", "--reference", help="Reference data set for quality: mnist."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and plot.png (implies --quality)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Measure sampling speed: images/s, ms per step and peak memory (median of --runs after a warm-up)."""
+    """Measure sampling speed: images/s, ms per step, TFLOP/s and peak memory (median of --runs after a warm-up)."""
     import platform
 
     import torch
 
-    from ..bench import bench_one
+    from .. import __version__
+    from ..bench import CLAIM_TOLERANCE, ddim_claim, plot_sweep, sweep
     from ..errors import GmkitError
 
     positive("--runs", runs)
-    names = [m.strip() for m in models.split(",") if m.strip()]
+    positive("--quality-samples", quality_samples)
+    names = _names(models)
     if not names:
         raise GmkitError("--models: give at least one model")
     step_list = parse_int_list("--steps", steps) if steps else [None]
     batches = parse_int_list("--batch-size", batch_size)
+    samplers = _names(sampler) if sampler else [None]
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    rows = []
-    for name in names:
-        for s in step_list:
-            for b in batches:
-                say(f"gmkit: bench {name} steps={s or 'default'} batch={b} ...", quiet or json_out)
-                rows.append(bench_one(name, s, b, dev, dt, runs, sampler, compile_).as_dict())
-    env = {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(),
-           "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
+    dtypes = [resolve_dtype(d, dev) for d in _names(dtype)]
+    if not dtypes:
+        raise GmkitError("--dtype: give at least one dtype")
+    compiles = [False, True] if compile_both else [compile_]
+    score = quality or out is not None
+    if score and quality_samples < 4:
+        raise GmkitError("--quality-samples must be at least 4 to score samples")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    rows, skipped = sweep(names, samplers, step_list, batches, dtypes, compiles, dev, runs,
+                          quality_samples if score else 0, reference, say=lambda m: say(m, quiet or json_out))
+    if not rows:
+        raise GmkitError("nothing could be benched: " + "; ".join(f"{s['model']}: {s['reason']}" for s in skipped))
+    env = {"torch": torch.__version__, "gmkit": __version__, "device": str(dev), "threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+           "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+           "seeds": "image i of every batch from seed i (timed runs: 0..batch-1; quality: 0..N-1)",
+           "quality_samples": quality_samples if score else None, "reference": reference if score else None,
+           "timing": f"median of {runs} run(s) after one warm-up run of min(steps, 5) steps"}
+    claim = ddim_claim(rows, CLAIM_TOLERANCE) if score else None
+    result = {"results": rows, "environment": env, "skipped": skipped}
+    if claim is not None:
+        result["ddim_claim"] = claim
+    if out is not None:
+        import json
+
+        (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        plot_sweep(rows, out / "plot.png")
+        say(f"gmkit: wrote {out / 'results.json'} and {out / 'plot.png'}", quiet or json_out)
     if json_out:
-        emit_json({"results": rows, "environment": env})
+        emit_json(result)
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"gmkit bench ({env['device']}, torch {env['torch']}, {env['threads']} threads)")
-    for col in ("model", "sampler", "steps", "batch", "device", "images/s", "ms/step", "s/batch", "peak MB"):
-        table.add_column(col, justify="right" if col not in ("model", "sampler", "device") else "left")
+    cols = ["model", "sampler", "steps", "batch", "dtype", "images/s", "ms/image", "ms/step", "TFLOP/s", "peak MB"]
+    if score:
+        cols += ["FD", "KID", "prec", "recall", "n"]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("model", "sampler", "dtype") else "right")
     for r in rows:
-        table.add_row(r["model"], r["sampler"], str(r["steps"]), str(r["batch"]), r["device"], f"{r['images_per_s']:.2f}",
-                      f"{r['ms_per_step']:.2f}", f"{r['seconds_per_batch']:.3f}", f"{r['peak_memory_mb']:.0f}")
-    Console().print(table)
-    if len(rows) > 1:
+        cells = [r["model"], r["sampler"], str(r["steps"]) if r["steps_applicable"] else "n/a", str(r["batch"]),
+                 r["dtype"] + (" +compile" if r["compile"] else ""), f"{r['images_per_s']:.2f}", f"{r['ms_per_image']:.1f}",
+                 f"{r['ms_per_step']:.2f}", f"{r['tflops']:.4f}" if r["tflops"] is not None else "n/a",
+                 f"{r['peak_memory_mb']:.0f}"]
+        if score:
+            q = r["quality"]
+            cells += [f"{q['fd']:.3f}", f"{q['kid']:.4f}", f"{q['precision']:.2f}", f"{q['recall']:.2f}", str(q["n"])]
+        table.add_row(*cells)
+    Console(stderr=False).print(table)
+    if claim is not None:
+        if claim.get("status") == "reached":
+            say(f"gmkit: DDIM reaches DDPM-{claim['reference']['steps']} quality ({claim['criterion']}) at {claim['steps']} "
+                f"steps: {claim['speedup']}x the images/s", quiet)
+        else:
+            say(f"gmkit: DDIM claim: {claim.get('status')}: {claim.get('reason')}", quiet)
+    elif len(rows) > 1:
         base = rows[0]
         for r in rows[1:]:
             say(f"gmkit: {r['model']} ({r['sampler']}, {r['steps']} steps) is "

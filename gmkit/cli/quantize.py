@@ -30,8 +30,7 @@ def quantize_cmd(
 ) -> None:
     """Fit a codebook to vectors by k-means, or map vectors to an existing codebook."""
     from ..errors import GmkitError
-    from ..latents import check_out, read_tensor_file, write_tensor_file
-    from ..quantize import quantize_file, read_codebook
+    from ..latents import check_out
 
     if (codebook is None) == (apply is None):
         raise GmkitError("give exactly one of --codebook K (fit a codebook) or --apply cb.safetensors (use one)")
@@ -51,7 +50,22 @@ def quantize_cmd(
 
     import torch
 
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        report = _run(source, apply, codebook, levels, iters, seed, patch, key, out)
+    if json_out:
+        emit_json(report)
+    else:
+        psnr = f", PSNR {report['psnr_db']:.2f} dB" if report["psnr_db"] is not None else ""
+        say(f"gmkit: {report['vectors']} vectors of dim {report['dim']} -> {report['levels']} x {report['codes']} codes: "
+            f"MSE {report['mse']:.5g}{psnr}, usage {100 * report['usage']:.1f}%, "
+            f"{report['bits_per_vector']:.2f} bits/vector (entropy {report['entropy_bits_per_vector']:.2f}), "
+            f"{report['seconds']:.2f} s -> {out}", quiet)
+
+
+def _run(source, apply, codebook, levels, iters, seed, patch, key, out) -> dict:
+    from ..latents import read_tensor_file, write_tensor_file
+    from ..quantize import quantize_file, read_codebook
+
     cb = None
     if apply is not None:
         cb_tensors, cb_meta = read_tensor_file(apply, "--apply")
@@ -62,14 +76,7 @@ def quantize_cmd(
                                           iters=iters, seed=seed, patch=patch, key=key)
     write_tensor_file(out, result, qmeta)
     report["out"] = out
-    if json_out:
-        emit_json(report)
-    else:
-        psnr = f", PSNR {report['psnr_db']:.2f} dB" if report["psnr_db"] is not None else ""
-        say(f"gmkit: {report['vectors']} vectors of dim {report['dim']} -> {report['levels']} x {report['codes']} codes: "
-            f"MSE {report['mse']:.5g}{psnr}, usage {100 * report['usage']:.1f}%, "
-            f"{report['bits_per_vector']:.2f} bits/vector (entropy {report['entropy_bits_per_vector']:.2f}), "
-            f"{report['seconds']:.2f} s -> {out}", quiet)
+    return report
 
 
 def register(app: typer.Typer) -> None:

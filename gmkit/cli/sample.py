@@ -19,6 +19,8 @@ def sample_cmd(
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM noise: 0 deterministic, 1 DDPM-like."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Class to generate (class-conditional models)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (with --class)."),
+    truncation: Optional[float] = typer.Option(None, "--truncation", help="GAN truncation trick: redraw latent components with |z| > T (e.g. 0.7)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Flow sampling temperature: latents ~ N(0, T^2) (e.g. 0.7)."),
     init: Optional[str] = typer.Option(None, "--init", help="Starting noise: a .safetensors file (N, C, H, W) as encode writes it, or -."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images generated at once."),
     out: str = typer.Option("samples.png", "--out", "-o", help="x.png grid, folder/ one PNG each, x.safetensors raw, - PNG to stdout."),
@@ -42,6 +44,10 @@ def sample_cmd(
         raise GmkitError(f"--eta must be between 0 and 1, got {eta}")
     if guidance is not None and guidance < 0:
         raise GmkitError(f"--guidance must be >= 0, got {guidance}")
+    if truncation is not None and not truncation > 0:
+        raise GmkitError(f"--truncation must be > 0, got {truncation}")
+    if temperature is not None and not temperature >= 0:
+        raise GmkitError(f"--temperature must be >= 0, got {temperature}")
     if seed < 0:
         raise GmkitError(f"--seed must be >= 0, got {seed}")
     if json_out and out == "-":
@@ -49,6 +55,8 @@ def sample_cmd(
     check_writable(out)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    rank, world, dev = _distributed(out, dev)  # under torchrun: this process's share of the batches
+    quiet = quiet or rank > 0
     net, src = load(model, dev, dt)
 
     init_x = read_init(init) if init is not None else None
@@ -58,7 +66,8 @@ def sample_cmd(
         num_samples = init_x.shape[0]
     n = num_samples or 16
     options = dict(src.defaults)
-    given = {"sampler": sampler, "steps": steps, "eta": eta, "class_label": class_label, "guidance": guidance}
+    given = {"sampler": sampler, "steps": steps, "eta": eta, "class_label": class_label, "guidance": guidance,
+             "truncation": truncation, "temperature": temperature}
     net.check_options({**given, "init": init})
     options.update({k: v for k, v in given.items() if v is not None})
     if options.get("sampler") == "ddpm" and "eta" in options:
@@ -67,24 +76,67 @@ def sample_cmd(
     t0 = time.perf_counter()
     chunks = []
     with StepProgress("sample", quiet) as progress:
-        for start in range(0, n, batch_size):
+        starts = [st for k, st in enumerate(range(0, n, batch_size)) if k % world == rank]
+        for start in starts:
             count = min(batch_size, n - start)
             gens = [torch.Generator().manual_seed(seed + i) for i in range(start, start + count)]
             opts = dict(options)
             if init_x is not None:
                 opts["init"] = init_x[start:start + count]
             chunks.append(net.sample(gens, callback=progress.callback(start // batch_size, -(-n // batch_size)), **opts).cpu())
-    x = torch.cat(chunks)
     seconds = time.perf_counter() - t0
     meta = {"gmkit.model": model, "gmkit.seed": str(seed), "gmkit.options": str(options)}
-    files = save_images(x, out, meta)
+    if world > 1:  # each rank writes its own batches, named by global index: the files of a one-process run
+        files = [f for start, x in zip(starts, chunks) for f in save_images(x, out, meta, start_index=start)]
+        files = _gather_count(len(files))
+        if rank > 0:
+            return
+    else:
+        files = save_images(torch.cat(chunks), out, meta)
     report = {"model": model, "family": net.name, "n": n, "seed": seed, **options, "device": str(dev),
               "dtype": str(dt).replace("torch.", ""), "seconds": round(seconds, 3),
-              "images_per_s": round(n / seconds, 3), "out": out, "files": len(files)}
+              "images_per_s": round(n / seconds, 3), "out": out, "files": files if isinstance(files, int) else len(files)}
+    if world > 1:
+        report["world_size"] = world
     if json_out:
         emit_json(report)
     elif out != "-":
         say(f"gmkit: {n} image(s) in {seconds:.2f} s -> {out}", quiet)
+
+
+def _distributed(out: str, dev):
+    """(rank, world size, device) under torchrun; (0, 1, dev) otherwise. Batch k goes to rank k % world,
+    so every image is computed in the same batch as in a one-process run."""
+    import torch
+
+    from ..errors import GmkitError
+    from ..imageio import output_kind
+    from ..train import dist_info, setup_distributed
+
+    rank, local_rank, world = dist_info()
+    if world == 1:
+        return 0, 1, dev
+    if output_kind(out) != "folder":
+        raise GmkitError(f"--out {out}: under torchrun every process writes its own images; give a folder/ "
+                         "(files are named by global index, as a one-process run names them)")
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    setup_distributed(dev)
+    return rank, world, dev
+
+
+def _gather_count(count: int) -> int:
+    """Total files written by all ranks; also the barrier that ends the run."""
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([count], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    dist.destroy_process_group()
+    return int(total.item())
 
 
 def read_init(path: str):

@@ -9,10 +9,12 @@ from .base import Family
 def family_classes() -> dict[str, type[Family]]:
     from .augvae import AugVAE
     from .diffusion import Diffusion
+    from .flow import Flow
+    from .gan import GAN
     from .vae import VAE
     from .vqvae import VQVAE
 
-    return {cls.name: cls for cls in (Diffusion, VAE, VQVAE, AugVAE)}
+    return {cls.name: cls for cls in (Diffusion, VAE, VQVAE, AugVAE, GAN, Flow)}
 
 
 def get_family(name: str) -> type[Family]:

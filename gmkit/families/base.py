@@ -26,6 +26,9 @@ class Family(nn.Module):
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLE})
     # Sample-time options this family understands, beyond n / seed / batch size.
     sample_options: ClassVar[frozenset[str]] = frozenset()
+    # Training-loop settings this family wants instead of TrainConfig's defaults (e.g. a GAN's
+    # lr=2e-4); ``gmkit train`` applies them to fresh runs, below --lr / --set train.key=value.
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config):
         super().__init__()
@@ -76,6 +79,12 @@ class Family(nn.Module):
 
     def decode(self, z: torch.Tensor, **options: Any) -> torch.Tensor:
         raise GmkitError(f"{self.name} has no decoder")
+
+    def latent_description(self) -> dict[str, Any] | None:
+        """What this family's latent space is, for ``gmkit compare``: e.g. ``{"kind": "continuous",
+        "shape": [16], "text": "continuous Gaussian, 16-d"}``. None (the default) lets compare infer
+        it from the config and from what ``encode`` returns."""
+        return None
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Refuse sample options this family cannot use, naming them."""

@@ -45,6 +45,7 @@ class VAEConfig:
     beta: float = 1.0  # weight of the KL term (1 = the ELBO)
     num_classes: int = 0  # > 0: a conditional VAE (labels go to encoder and decoder)
     iw_samples: int = 64  # importance samples for the IWAE bound in log_likelihood
+    temperature: float = 1.0  # sample z ~ N(0, temperature^2 I); < 1 trades diversity for fidelity
 
 
 def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -220,7 +221,7 @@ class VAE(Family):
     @torch.inference_mode()
     def sample(self, noise: list[torch.Generator], class_label: int | None = None, **_: Any) -> torch.Tensor:
         n = len(noise)
-        z = randn((n, self.config.latent_dim), noise, self.device)
+        z = randn((n, self.config.latent_dim), noise, self.device) * self.config.temperature
         labels = self._class_labels(class_label, n, self.device)
         if self.config.num_classes and labels is None:  # each image's class from its own generator
             labels = torch.stack([torch.randint(self.config.num_classes, (), generator=g) for g in noise]).to(self.device)

@@ -26,12 +26,15 @@ def sq_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 def nearest(x: torch.Tensor, codebook: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest code for each row of ``x`` and the squared distance to it."""
+    codebook = codebook.float()
+    c_sq = codebook.pow(2).sum(1)
     idx, dist = [], []
     for s in range(0, x.shape[0], chunk):
-        d = sq_distances(x[s:s + chunk], codebook)
-        m, i = d.min(1)
+        xs = x[s:s + chunk].float()
+        # argmin_j ||x - c_j||^2 = argmin_j (||c_j||^2 - 2 x.c_j): one fused matmul-add per block
+        m, i = torch.addmm(c_sq[None], xs, codebook.t(), alpha=-2).min(1)
         idx.append(i)
-        dist.append(m)
+        dist.append((m + xs.pow(2).sum(1)).clamp_min_(0))
     if not idx:
         return torch.zeros(0, dtype=torch.long, device=x.device), torch.zeros(0, device=x.device)
     return torch.cat(idx), torch.cat(dist)

@@ -1,0 +1,89 @@
+"""``gmkit compare --models vae,gan,flow,ddpm,ddim --out report/``: the textbook table, measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import DEVICE_HELP, DTYPE_HELP, emit_json, parse_int_list, positive, resolve_device, resolve_dtype, say
+
+DEFAULT_MODELS = "vae,vqvae,augvae,gan,flow,ddpm,ddim"
+
+
+def compare_cmd(
+    models: str = typer.Option(DEFAULT_MODELS, "--models", help="Comma-separated model sources (bundled names, run folders, files, image folders)."),
+    data: str = typer.Option("mnist", "--data", help="Data every model is measured on (quality needs a gmkit extractor: mnist)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.json, samples.png, plots and index.html."),
+    samples: int = typer.Option(256, "--samples", help="Images per model for quality and speed (seeds 0..N-1)."),
+    slow_samples: int = typer.Option(16, "--slow-samples", help="Images for configurations with more than 100 network calls per image (DDPM-1000)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images generated at once."),
+    sweep_steps: str = typer.Option("10,20", "--sweep-steps", help="Extra DDIM step counts for the quality-vs-steps plot of diffusion models ('' for none)."),
+    sweep_samples: int = typer.Option(64, "--sweep-samples", help="Images per point of that sweep."),
+    likelihood_images: int = typer.Option(500, "--likelihood-images", help="Held-out images for bits/dim."),
+    seeds: int = typer.Option(0, "--seeds", help="Also train N short runs per family and report the spread of their quality."),
+    train_steps: int = typer.Option(200, "--train-steps", help="Steps of each --seeds run."),
+    log: list[str] = typer.Option([], "--log", help="MODEL=PATH: the log.jsonl (or run folder) a model was trained with."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("fp32", "--dtype", help=DTYPE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Measure every cell of the textbook table (latent, stability, quality, speed, likelihood, size) per model."""
+    from ..compare import Settings, compare, table_rows, write_report
+    from ..errors import GmkitError
+
+    for name, v in (("--samples", samples), ("--slow-samples", slow_samples), ("--batch-size", batch_size),
+                    ("--sweep-samples", sweep_samples), ("--likelihood-images", likelihood_images),
+                    ("--train-steps", train_steps)):
+        positive(name, v)
+    if seeds < 0:
+        raise GmkitError(f"--seeds must be >= 0, got {seeds}")
+    if min(samples, slow_samples, sweep_samples) < 4:
+        raise GmkitError("--samples, --slow-samples and --sweep-samples must be at least 4 (metrics need more than 3 images)")
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise GmkitError("--models: give at least one model")
+    logs = {}
+    for item in log:
+        if "=" not in item:
+            raise GmkitError(f"--log {item}: expected MODEL=PATH")
+        k, v = item.split("=", 1)
+        logs[k.strip()] = v.strip()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    s = Settings(data=data, samples=samples, slow_samples=slow_samples, batch_size=batch_size,
+                 sweep_steps=parse_int_list("--sweep-steps", sweep_steps) if sweep_steps.strip() else [],
+                 sweep_samples=sweep_samples, likelihood_images=likelihood_images, seeds=seeds,
+                 train_steps=train_steps, seed_samples=min(64, samples), logs=logs, device=str(dev),
+                 dtype=str(dt).replace("torch.", ""))
+    report, cols = compare(names, s, say=lambda m: say(m, quiet or json_out))
+    if out is not None:
+        write_report(report, cols, out)
+        say(f"gmkit: wrote {out / 'report.json'}, {out / 'samples.png'}, plots and {out / 'index.html'} "
+            f"({report['seconds']:.0f} s)", quiet or json_out)
+    if json_out:
+        emit_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    heads, rows = table_rows(report)
+    env = report["environment"]
+    t = Table(title=f"gmkit compare on {data} ({env['device']}, torch {env['torch']}, gmkit {env['gmkit']})",
+              show_lines=True)
+    t.add_column("")
+    for h in heads:
+        t.add_column(h, overflow="fold")
+    for label, cells in rows:
+        t.add_row(label, *[f"[dim]{c}[/dim]" if c.startswith("n/a") else c for c in cells])
+    Console().print(t)
+    for c in report.get("claims", []):
+        say(f"claim: {c['claim']}: {c['verdict']} ({c['evidence']})", quiet)
+    say(f"gmkit: samples per model: " + "; ".join(f"{m['source']} {m['info'].get('samples', '-')}" for m in report["models"])
+        + f". {report['seconds']:.0f} s in all.", quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)

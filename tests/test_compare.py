@@ -1,0 +1,82 @@
+"""gmkit compare: the textbook table on tiny models, its files, and n/a cells with reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_cli
+
+FAST = ["--samples", "8", "--slow-samples", "8", "--sweep-samples", "8", "--sweep-steps", "3",
+        "--likelihood-images", "16", "--batch-size", "8"]
+
+
+def test_compare_writes_report_sheet_plots_and_html(tiny_run, tmp_path):
+    out = tmp_path / "report"
+    r = run_cli("compare", "--models", f"{tiny_run},vae,ldm", "--data", "mnist", "--out", str(out), *FAST)
+    assert r.code == 0, r.err
+    assert "warning" in r.err and "ldm" in r.err  # unknown model: a warning, not a crash
+    for name in ("report.json", "samples.png", "quality_vs_steps.png", "training_loss.png", "index.html"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    tiny, vae, ldm = report["models"]
+    # measured cells
+    assert tiny["cells"]["quality"]["n"] == 8 and tiny["cells"]["quality"]["fd"] >= 0
+    assert tiny["cells"]["speed"]["images_per_s"] > 0
+    assert tiny["cells"]["stability"]["logged_steps"] == 6  # the run folder's log.jsonl
+    assert tiny["cells"]["latent"]["kind"] == "none"
+    assert vae["cells"]["latent"]["kind"] == "continuous" and vae["cells"]["latent"]["shape"] == [16]
+    assert vae["cells"]["likelihood"]["value"] > 0
+    assert tiny["cells"]["parameters"]["total"] > 0
+    # n/a with a reason, never a failed table
+    assert "likelihood" in tiny["cells"]["likelihood"]["na"]
+    assert all(c["na"] == "unknown model" for c in ldm["cells"].values())
+    # honesty: data, counts, seeds, versions
+    assert report["environment"]["torch"] and report["environment"]["gmkit"]
+    assert report["models"][0]["info"]["sample_note"].startswith("8 images (seeds 0-7)")
+    assert any(p["sampler"] == "ddim" and p["steps"] == 3 for p in report["quality_vs_steps"])
+    # the page stands alone and shows the table's values
+    html = (out / "index.html").read_text()
+    assert not re.search(r"https?://", html)
+    assert "data:image/png;base64," in html
+    assert vae["cells"]["quality"]["text"] in html and "unknown model" in html
+    assert "samples (first 16" in html
+
+
+def test_compare_json_and_seed_spread(tmp_path):
+    r = run_cli("compare", "--models", "vae", "--json", "--seeds", "2", "--train-steps", "3", *FAST)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    spread = report["seed_spread"]["vae"]
+    assert len(spread["runs"]) == 2 and "fd_std" in spread
+    assert "seeds" in report["models"][0]["cells"]["stability"]["text"]
+
+
+def test_torchrun_sampling_matches_one_process_and_compare_reads_the_folder(tiny_run, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = run_cli("sample", str(tiny_run), "-n", "7", "--batch-size", "2", "--steps", "4", "--seed", "3",
+                "--out", f"{one}/", "--quiet")
+    assert r.code == 0, r.err
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "gmkit", "sample", str(tiny_run), "-n", "7", "--batch-size", "2", "--steps", "4", "--seed", "3",
+           "--out", f"{two}/", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["files"] == 7
+    names = sorted(f.name for f in one.iterdir())
+    assert names == sorted(f.name for f in two.iterdir()) == [f"{i:04d}.png" for i in range(7)]
+    assert all((one / n).read_bytes() == (two / n).read_bytes() for n in names)
+    # only folder output under torchrun
+    bad = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "grid.png")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode != 0 and "folder" in bad.stderr
+    # compare (and metrics) take such a folder
+    r = run_cli("compare", "--models", str(two), "--json", *FAST[:2])
+    assert r.code == 0, r.err
+    col = json.loads(r.out)["models"][0]
+    assert col["cells"]["quality"]["n"] == 7 and "not a model" in col["cells"]["likelihood"]["na"]
