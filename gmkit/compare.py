@@ -163,7 +163,7 @@ def stability_from_log(records: list[dict], source: str) -> dict:
     loss, or the tail mean above twice the lowest 5-point moving average reached earlier."""
     pts = [(r["step"], r.get("loss")) for r in records if "step" in r and "loss" in r]
     if len(pts) < 5:
-        return na(f"too few logged steps in {source} ({len(pts)})")
+        return na(f"too few logged steps ({len(pts)}) in {source}")
     bad = [s for s, v in pts if v is None or not math.isfinite(v)]
     vals = [(s, v) for s, v in pts if v is not None and math.isfinite(v)]
     k = max(3, int(len(vals) * TAIL))
@@ -183,37 +183,50 @@ def stability_from_log(records: list[dict], source: str) -> dict:
     return out
 
 
-def find_log(source: str, meta: dict, overrides: dict[str, str]) -> tuple[Path | None, str]:
-    """The log.jsonl behind a model: --log override, its run folder, or the run folder its recipe names."""
+def _log_interval(records: list[dict]) -> int:
+    steps = [r["step"] for r in records if "step" in r]
+    gaps = [b - a for a, b in zip(steps, steps[1:]) if b > a]
+    return statistics.median(gaps) if gaps else 1
+
+
+def find_log(source: str, meta: dict, overrides: dict[str, str]) -> tuple[list[dict] | None, str, str]:
+    """The training log behind a model: (records, where, why-not). From --log, the model's run
+    folder, or the run folder its recipe names when that folder trained the same config and its
+    log reaches the checkpoint's step (records after that step belong to a later checkpoint)."""
     if source in overrides:
         p = Path(overrides[source])
         p = p / "log.jsonl" if p.is_dir() else p
-        return (p, "") if p.is_file() else (None, f"--log {source}={overrides[source]}: no such log")
+        return (read_log(p), str(p), "") if p.is_file() else (None, "", f"--log {source}={overrides[source]}: no such log")
     p = Path(source)
     if p.is_dir():
         log = p / "log.jsonl"
-        return (log, "") if log.is_file() else (None, f"run folder {source} has no log.jsonl")
+        return (read_log(log), str(log), "") if log.is_file() else (None, "", f"run folder {source} has no log.jsonl")
     recipe = json.loads(meta.get("gmkit.recipe", "{}") or "{}")
     command, step = recipe.get("command", ""), recipe.get("step")
     parts = command.split()
-    run = parts[parts.index("--out") + 1] if "--out" in parts[:-1] else None
-    if run and (Path(run) / "log.jsonl").is_file():
-        log = Path(run) / "log.jsonl"
-        records = read_log(log)
-        last = records[-1].get("step") if records else None
-        if step is not None and last is not None and int(last) != int(step):
-            return None, (f"the run folder its recipe names ({run}) logs to step {last}, the checkpoint was "
-                          f"trained to step {step}: not this checkpoint's run")
-        model = Path(run) / "model.safetensors"
-        if model.is_file():
-            from .checkpoint import read_metadata
+    flag = next((f for f in ("--out", "--resume") if f in parts[:-1]), None)  # a resumed run writes to its folder
+    run = parts[parts.index(flag) + 1] if flag else None
+    if not run or not (Path(run) / "log.jsonl").is_file():
+        where = f", and its recipe's run folder {run} is not here" if run else ""
+        return None, "", f"no training log: none in the checkpoint{where}; give --log or --seeds N"
+    log = Path(run) / "log.jsonl"
+    model = Path(run) / "model.safetensors"
+    if model.is_file():
+        from .checkpoint import read_metadata
 
-            theirs = json.loads(read_metadata(model).get("gmkit.config", "{}") or "{}")
-            if theirs != json.loads(meta.get("gmkit.config", "{}") or "{}"):
-                return None, f"the run folder its recipe names ({run}) trained a different config: not this checkpoint's run"
-        return log, ""
-    where = f", and its recipe's run folder {run} is not here" if run else ""
-    return None, f"no training log: none in the checkpoint{where}; give --log or --seeds N"
+        theirs = json.loads(read_metadata(model).get("gmkit.config", "{}") or "{}")
+        if theirs != json.loads(meta.get("gmkit.config", "{}") or "{}"):
+            return None, "", f"the run folder its recipe names ({run}) trained a different config: not this checkpoint's run"
+    records = read_log(log)
+    if step is not None and records:
+        step = int(step)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        last = kept[-1]["step"] if kept else None
+        if last is None or step - last >= _log_interval(records):
+            return None, "", (f"the run folder its recipe names ({run}) logs steps {records[0].get('step')}-"
+                              f"{records[-1].get('step')}, the checkpoint is from step {step}: not this checkpoint's run")
+        records = kept
+    return records, f"{log} (named by the checkpoint's recipe; steps up to {step})", ""
 
 
 def likelihood(net, data, n: int) -> dict:
@@ -246,7 +259,8 @@ def likelihood(net, data, n: int) -> dict:
 
 
 def _quality_text(q: dict) -> str:
-    return f"{q['fd']:.2f} (n={q['n']}; real-vs-real {q['baseline_fd']:.2f})"
+    lost = f"; {q['nonfinite_samples']} of {q['n_generated']} samples non-finite, excluded" if q.get("nonfinite_samples") else ""
+    return f"{q['fd']:.2f} (n={q['n']}; real-vs-real {q['baseline_fd']:.2f}{lost})"
 
 
 def score(images: torch.Tensor, reference: str, seeds: str) -> dict:
@@ -321,10 +335,10 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
     col.cells["parameters"] = parameter_counts(net, opts)
 
     # training stability: the run's log, if there is one
-    log, why = find_log(source, src.meta, s.logs)
-    if log is not None:
-        col.log = read_log(log)
-        col.cells["stability"] = stability_from_log(col.log, str(log))
+    records, where, why = find_log(source, src.meta, s.logs)
+    if records is not None:
+        col.log = records
+        col.cells["stability"] = stability_from_log(records, where)
     else:
         col.cells["stability"] = na(why)
 
@@ -364,11 +378,19 @@ def _quality_cells(col: Column, images: torch.Tensor, s: Settings, seeds: str) -
         reason = f"no gmkit feature extractor for {s.data} (available: {', '.join(EXTRACTORS)})"
         col.cells["kid"] = col.cells["precision_recall"] = na(reason)
         return na(reason)
+    finite = torch.isfinite(images).flatten(1).all(1)
+    bad = int((~finite).sum())
+    if bad:  # a model that emits NaN is measured on the rest, and the table says how many it lost
+        images = images[finite]
     try:
         q = score(images, s.data, seeds)
     except GmkitError as e:
-        col.cells["kid"] = col.cells["precision_recall"] = na(str(e))
-        return na(str(e))
+        reason = f"{bad} of {len(finite)} samples non-finite" if bad else str(e)
+        col.cells["kid"] = col.cells["precision_recall"] = na(reason)
+        return na(reason)
+    if bad:
+        q["nonfinite_samples"] = bad
+        q["n_generated"] = int(len(finite))
     col.cells["kid"] = {"kid": q["kid"], "kid_std": q["kid_std"], "baseline_kid": q["baseline_kid"],
                         "text": f"{q['kid']:.4g} ± {q['kid_std']:.2g} (real {q['baseline_kid']:.4g})"}
     col.cells["precision_recall"] = {"precision": q["precision"], "recall": q["recall"],
@@ -480,7 +502,8 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
                 c.cells["quality_common"] = {"n": common, "fd": q["fd"], "baseline_fd": q["baseline_fd"],
                                              "text": f"{q['fd']:.2f} (n={common}; real {q['baseline_fd']:.2f})"}
             else:
-                qc = score(c.images[:common], s.data, f"0-{common - 1}")
+                finite = c.images[torch.isfinite(c.images).flatten(1).all(1)]
+                qc = score(finite[:common], s.data, f"first {common} finite of 0-{q['n'] - 1}")
                 c.cells["quality_common"] = {"n": common, "fd": qc["fd"], "baseline_fd": qc["baseline_fd"],
                                              "text": f"{qc['fd']:.2f} (n={common}; real {qc['baseline_fd']:.2f})"}
         elif "quality_common" not in c.cells:
@@ -498,8 +521,8 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
                 st = c.cells.get("stability", {})
                 extra = (f"FD {sp['fd_mean']:.1f} ± {sp['fd_std']:.1f} over {len(sp['runs'])} seeds "
                          f"({sp['train_steps']} steps)" if "fd_mean" in sp else f"{sp['diverged']} of {len(sp['runs'])} seeds diverged")
-                base = {} if "na" in st else st
-                c.cells["stability"] = {**base, "seeds": sp, "text": (base.get("text", "") + "; " if base else "") + extra}
+                base = {"log_na": st["na"]} if "na" in st else st
+                c.cells["stability"] = {**base, "seeds": sp, "text": (st["text"] + "; ") + extra}
     for c in cols:
         for p in PROPERTIES:
             c.cells.setdefault(p, na("not measured"))
@@ -571,7 +594,7 @@ def sample_sheet(cols: list[Column], path: Path, per_model: int = 16, scale: int
     tiles = []
     for c in cols:
         if c.images is not None and len(c.images):
-            x = c.images[:per_model]
+            x = c.images[:per_model].nan_to_num(0.0)
             if x.shape[-1] < 28:
                 x = torch.nn.functional.interpolate(x, size=(28, 28), mode="nearest")
             g = make_grid(x, nrow=nrow)

@@ -80,3 +80,13 @@ def test_torchrun_sampling_matches_one_process_and_compare_reads_the_folder(tiny
     assert r.code == 0, r.err
     col = json.loads(r.out)["models"][0]
     assert col["cells"]["quality"]["n"] == 7 and "not a model" in col["cells"]["likelihood"]["na"]
+
+
+def test_nonfinite_samples_are_excluded_and_counted():
+    from gmkit.compare import Column, Settings, _quality_cells
+    from gmkit.data import load_data
+
+    x = load_data("mnist", "test").images[:12].clone()
+    x[:2] = float("nan")
+    q = _quality_cells(Column("m"), x, Settings(), "0-11")
+    assert q["n"] == 10 and q["nonfinite_samples"] == 2 and "2 of 12 samples non-finite" in q["text"]

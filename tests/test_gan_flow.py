@@ -77,6 +77,14 @@ def test_flow_is_exactly_invertible():
     assert (m.decode(m.encode(x)["z"]) - x).abs().max() < 1e-5
 
 
+def test_flow_decode_stays_finite_far_from_the_data():
+    m = _tiny_flow().float()
+    with torch.no_grad():  # an ill-conditioned coupling: its scale underflows to 0 for some inputs
+        m.levels[0][0].coupling.net[-1].bias.fill_(-200.0)
+    x = m.decode(torch.randn(16, 16) * 30)
+    assert torch.isfinite(x).all() and x.abs().max() <= 1
+
+
 def test_flow_bits_per_dim_is_finite_and_counts_dequantization():
     from gmkit.families.flow import Flow, FlowConfig
 

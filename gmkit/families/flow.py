@@ -43,6 +43,7 @@ from .base import DECODE, ENCODE, LIKELIHOOD, SAMPLE, Family
 
 LOG2PI = math.log(2 * math.pi)
 PREPROCESS = ("logit", "affine")
+SCALE_FLOOR, INVERSE_LIMIT, LOGS_LIMIT = 1e-6, 1e4, 30.0  # numerical guards of the inverse pass only
 
 
 @dataclass
@@ -168,7 +169,11 @@ class AffineCoupling(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         ya, yb = y[:, :self.ca], y[:, self.ca:]
         shift, scale = self._params(ya)
-        return torch.cat([ya, yb / scale - shift], 1)
+        # Guards for latents far from anything the forward pass maps to (tails of N(0, T^2), an
+        # undertrained flow): a scale that underflowed to 0 would divide into inf and then NaN.
+        # Data-like inputs never reach either bound, so encode -> decode stays exact.
+        xb = (yb / scale.clamp_min(SCALE_FLOOR) - shift).clamp(-INVERSE_LIMIT, INVERSE_LIMIT)
+        return torch.cat([ya, xb], 1)
 
 
 class FlowStep(nn.Module):
@@ -294,7 +299,7 @@ class Flow(Family):
         for level in reversed(range(len(self.levels))):
             if level < len(self.levels) - 1:
                 mu, logs = self.priors[level](x).chunk(2, 1)
-                z = parts[level].view(n, *self.shapes[level]) * torch.exp(logs) + mu
+                z = parts[level].view(n, *self.shapes[level]) * torch.exp(logs.clamp(max=LOGS_LIMIT)) + mu
                 x = torch.cat([x, z], 1)
             for step in reversed(self.levels[level]):
                 x = step.inverse(x)
