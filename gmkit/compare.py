@@ -431,7 +431,7 @@ def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
 def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say) -> dict:
     """Train ``s.seeds`` short runs per family (default config, --train-steps) and score each."""
     from .bench import generate, sample_options
-    from .cli.train import adapt_config
+    from .train import fit_config_to_data
     from .config import from_dict, to_dict
     from .data import load_data
     from .families import get_family
@@ -448,7 +448,7 @@ def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say) -> dic
         for seed in range(s.seeds):
             out = workdir / f"{c.family}-seed{seed}"
             say(f"gmkit: compare: training {c.family} seed {seed} for {s.train_steps} steps ...")
-            cfg = adapt_config(fam.Config(), ds, False)
+            cfg = fit_config_to_data(fam.Config(), ds, False)
             torch.manual_seed(seed)
             net = fam(cfg)
             tdict = {**to_dict(TrainConfig()), **fam.train_defaults, "steps": s.train_steps, "seed": seed,

@@ -317,3 +317,43 @@ def load_resume_config(state: tuple[dict, dict], family: type[Family]):
     if meta.get("gmkit.family") != family.name:
         raise GmkitError(f"--resume: that run trained a {meta.get('gmkit.family')} model, not {family.name}")
     return from_dict(family.Config, json.loads(meta["gmkit.config"])), from_dict(TrainConfig, json.loads(meta["gmkit.train"]))
+
+
+def config_shape(cfg) -> tuple:
+    u = getattr(cfg, "unet", None)
+    if u is not None:
+        return (u.in_channels, u.sample_size, u.sample_size)
+    if hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
+        return (cfg.in_channels, cfg.image_size, cfg.image_size)
+    return ()
+
+
+def fit_config_to_data(cfg, ds, conditional: bool):
+    """Fit a fresh config to the data: channels, resolution, number of classes."""
+    import dataclasses
+
+
+    c, h, w = ds.images.shape[1:]
+    if h != w:
+        raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
+    u = getattr(cfg, "unet", None)
+    if u is not None:
+        k = ds.num_classes if conditional else 0
+        if conditional and not k:
+            raise GmkitError("--conditional needs labelled data (a bundled data set, or class subfolders)")
+        u = dataclasses.replace(u, in_channels=c, out_channels=c, sample_size=h, num_classes=k)
+        cfg = dataclasses.replace(cfg, unet=u)
+    elif hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
+        # Flat configs (autoencoder families): channels, resolution and, where the config has
+        # one, num_classes. A config class may declare ``always_conditional`` (augvae).
+        changes = {"in_channels": c, "image_size": h}
+        if hasattr(cfg, "num_classes"):
+            want = conditional or getattr(cfg, "always_conditional", False)
+            if want and not ds.num_classes:
+                raise GmkitError(f"{'this family' if not conditional else '--conditional'} needs labelled data "
+                                 "(a bundled data set, or class subfolders)")
+            changes["num_classes"] = ds.num_classes if want else 0
+        elif conditional:
+            raise GmkitError("this family cannot be trained --conditional")
+        cfg = dataclasses.replace(cfg, **changes)
+    return cfg

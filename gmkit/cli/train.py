@@ -41,7 +41,7 @@ def train_cmd(
     from ..errors import GmkitError
     from ..families import get_family
     from ..registry import BUNDLED
-    from ..train import DTYPES, TrainConfig, dist_info, load_resume_config, read_train_state, train
+    from ..train import DTYPES, TrainConfig, config_shape, dist_info, fit_config_to_data, load_resume_config, read_train_state, train
 
     for name, v in (("--steps", steps), ("--batch-size", batch_size), ("--image-size", image_size),
                     ("--checkpoint-every", checkpoint_every)):
@@ -94,10 +94,10 @@ def train_cmd(
 
     ds = load_data(data, "train", image_size, None, on_bad_image)
     if resume_state is None:
-        cfg = adapt_config(cfg, ds, conditional)
-    elif tuple(ds.images.shape[1:]) != _config_shape(cfg):
+        cfg = fit_config_to_data(cfg, ds, conditional)
+    elif tuple(ds.images.shape[1:]) != config_shape(cfg):
         raise GmkitError(f"--resume: the data gives images of shape {tuple(ds.images.shape[1:])}, "
-                         f"the run was trained on {_config_shape(cfg)}")
+                         f"the run was trained on {config_shape(cfg)}")
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     net = family(cfg)
     argv = sys.argv[1:] if Path(sys.argv[0]).name != "__main__.py" else sys.argv[1:]
@@ -121,47 +121,6 @@ def train_cmd(
         import torch.distributed as dist
 
         dist.destroy_process_group()
-
-
-def _config_shape(cfg) -> tuple:
-    u = getattr(cfg, "unet", None)
-    if u is not None:
-        return (u.in_channels, u.sample_size, u.sample_size)
-    if hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
-        return (cfg.in_channels, cfg.image_size, cfg.image_size)
-    return ()
-
-
-def adapt_config(cfg, ds, conditional: bool):
-    """Fit a fresh config to the data: channels, resolution, number of classes."""
-    import dataclasses
-
-    from ..errors import GmkitError
-
-    c, h, w = ds.images.shape[1:]
-    if h != w:
-        raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
-    u = getattr(cfg, "unet", None)
-    if u is not None:
-        k = ds.num_classes if conditional else 0
-        if conditional and not k:
-            raise GmkitError("--conditional needs labelled data (a bundled data set, or class subfolders)")
-        u = dataclasses.replace(u, in_channels=c, out_channels=c, sample_size=h, num_classes=k)
-        cfg = dataclasses.replace(cfg, unet=u)
-    elif hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
-        # Flat configs (autoencoder families): channels, resolution and, where the config has
-        # one, num_classes. A config class may declare ``always_conditional`` (augvae).
-        changes = {"in_channels": c, "image_size": h}
-        if hasattr(cfg, "num_classes"):
-            want = conditional or getattr(cfg, "always_conditional", False)
-            if want and not ds.num_classes:
-                raise GmkitError(f"{'this family' if not conditional else '--conditional'} needs labelled data "
-                                 "(a bundled data set, or class subfolders)")
-            changes["num_classes"] = ds.num_classes if want else 0
-        elif conditional:
-            raise GmkitError("this family cannot be trained --conditional")
-        cfg = dataclasses.replace(cfg, **changes)
-    return cfg
 
 
 def register(app: typer.Typer) -> None:
