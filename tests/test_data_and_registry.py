@@ -1,6 +1,5 @@
 """Image folders, bundled data, checkpoints on disk, and Hub ids resolved from a local cache."""
 
-import os
 from pathlib import Path
 
 import numpy as np

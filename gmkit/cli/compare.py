@@ -81,7 +81,7 @@ def compare_cmd(
     Console().print(t)
     for c in report.get("claims", []):
         say(f"claim: {c['claim']}: {c['verdict']} ({c['evidence']})", quiet)
-    say(f"gmkit: samples per model: " + "; ".join(f"{m['source']} {m['info'].get('samples', '-')}" for m in report["models"])
+    say("gmkit: samples per model: " + "; ".join(f"{m['source']} {m['info'].get('samples', '-')}" for m in report["models"])
         + f". {report['seconds']:.0f} s in all.", quiet)
 
 

@@ -56,7 +56,6 @@ def encode_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Encode images to latents (DDIM inversion for diffusion models)."""
-    import torch
     from safetensors.torch import save
 
     from ..checkpoint import save_tensors

@@ -68,7 +68,15 @@ class Family(nn.Module):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+        """(C, H, W) of the images; flat configs name ``in_channels`` and ``image_size``."""
+        c = self.config
+        return (c.in_channels, c.image_size, c.image_size)
+
+    @property
+    def dims(self) -> int:
+        """Numbers per image (C * H * W): the denominator of bits/dim."""
+        c, h, w = self.image_shape
+        return c * h * w
 
     def sample(self, noise: list[torch.Generator], **options: Any) -> torch.Tensor:
         """One image per generator, in [-1, 1], shape (N, C, H, W)."""

@@ -229,14 +229,6 @@ class Flow(Family):
         self.top_logs = nn.Parameter(torch.zeros(ch, size, size))
 
     @property
-    def image_shape(self):
-        return (self.config.in_channels, self.config.image_size, self.config.image_size)
-
-    @property
-    def dims(self) -> int:
-        return math.prod(self.image_shape)
-
-    @property
     def levels_k(self) -> int:
         return 2 ** self.config.n_bits
 

@@ -75,14 +75,6 @@ class VAE(Family):
         self.from_latent = nn.Linear(c.latent_dim + c.num_classes, flat)
         self.decoder = ConvDecoder(c.feature_channels, c.channels, 2 * c.in_channels, c.res_blocks)
 
-    @property
-    def image_shape(self):
-        return (self.config.in_channels, self.config.image_size, self.config.image_size)
-
-    @property
-    def dims(self) -> int:
-        return math.prod(self.image_shape)
-
     # -- the model ----------------------------------------------------------------------------
     def _onehot(self, labels: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
         k = self.config.num_classes
