@@ -46,14 +46,18 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a safetensors file, reading only its header."""
+    return read_header(path).get("__metadata__", {}) or {}
+
+
+def read_header(path: Path) -> dict:
+    """A safetensors file's JSON header (tensor names, dtypes, shapes, metadata) without its data."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if n <= 0 or n > 100_000_000 or n > path.stat().st_size:
                 raise ValueError("bad header length")
-            header = json.loads(f.read(n))
-        return header.get("__metadata__", {}) or {}
+            return json.loads(f.read(n))
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GmkitError(f"{path}: not a valid safetensors file ({e}); is it truncated or corrupt?") from None
 

@@ -131,7 +131,7 @@ def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
 
 def load_image_set(path: str):
     """A folder of images (any size: resized, and said so), or a .safetensors holding an images tensor."""
-    from .data.core import IMAGE_SUFFIXES
+    from .data.core import list_images
 
     p = Path(path)
     if p.is_file() and p.suffix == ".safetensors":
@@ -144,7 +144,7 @@ def load_image_set(path: str):
         return x.float(), []
     if not p.is_dir():
         raise GmkitError(f"{path}: not a folder of images nor a .safetensors file")
-    files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    files = list_images(p)
     if not files:
         raise GmkitError(f"{path}: no images in this folder")
     from PIL import Image

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 
-from .checkpoint import read_metadata
+from .checkpoint import read_header, read_metadata
 from .registry import BUNDLED, bundled_path
 
 
 def _param_count(path) -> int:
     """Parameters counted from the safetensors header alone (no tensor is loaded)."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
     total = 0
-    for key, info in header.items():
+    for key, info in read_header(path).items():
         if key == "__metadata__":
             continue
         count = 1

@@ -72,3 +72,11 @@ def tiny_run(tmp_path_factory) -> Path:
                 "--quiet", *TINY)
     assert r.code == 0, r.err
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 
 FAST = ["--samples", "8", "--slow-samples", "8", "--sweep-samples", "8", "--sweep-steps", "3",
         "--likelihood-images", "16", "--batch-size", "8"]
@@ -56,21 +56,13 @@ def test_compare_json_and_seed_spread(tmp_path):
     assert "seeds" in report["models"][0]["cells"]["stability"]["text"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_torchrun_sampling_matches_one_process_and_compare_reads_the_folder(tiny_run, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r = run_cli("sample", str(tiny_run), "-n", "7", "--batch-size", "2", "--steps", "4", "--seed", "3",
                 "--out", f"{one}/", "--quiet")
     assert r.code == 0, r.err
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "gmkit", "sample", str(tiny_run), "-n", "7", "--batch-size", "2", "--steps", "4", "--seed", "3",
            "--out", f"{two}/", "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, run_cli
+from conftest import TINY, free_port, run_cli
 
 
 def _train(out, steps, *extra):
@@ -93,7 +93,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
 def test_ddp_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "gmkit", "train", "ddpm", "--data", "digits", "--device", "cpu", "--steps", "4", "--batch-size", "16",
            "--out", str(out), "--json", "--quiet", *TINY]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

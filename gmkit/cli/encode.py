@@ -21,7 +21,7 @@ def gather_images(inputs: list[str], channels: int, size: int):
     """Image files, folders of them (sorted, recursive) or ``-`` (one image on stdin) as (N, C, H, W)."""
     import torch
 
-    from ..data.core import IMAGE_SUFFIXES
+    from ..data.core import list_images
     from ..errors import GmkitError
     from ..imageio import load_image_file
 
@@ -31,7 +31,7 @@ def gather_images(inputs: list[str], channels: int, size: int):
         if item == "-":
             paths.append("-")
         elif p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = [str(f) for f in list_images(p)]
             if not found:
                 raise GmkitError(f"{item}: no images in this folder")
             paths += found

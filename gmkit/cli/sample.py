@@ -141,20 +141,10 @@ def _gather_count(count: int) -> int:
 
 def read_init(path: str):
     """Starting noise from a safetensors file (or stdin): its single tensor, or its ``noise`` entry."""
-    import sys
-
-    from safetensors.torch import load
-
-    from ..checkpoint import load_tensors
     from ..errors import GmkitError
+    from ..latents import read_tensor_file
 
-    if path == "-":
-        try:
-            tensors = load(sys.stdin.buffer.read())
-        except Exception as e:  # safetensors raises several types for bad bytes
-            raise GmkitError(f"--init -: stdin is not a safetensors stream ({e})") from None
-    else:
-        tensors, _ = load_tensors(path)
+    tensors, _ = read_tensor_file(path, "--init")
     key = "noise" if "noise" in tensors else (next(iter(tensors)) if len(tensors) == 1 else None)
     if key is None:
         raise GmkitError(f"--init {path}: expected one tensor or a 'noise' entry, found {', '.join(tensors)}")

@@ -122,7 +122,8 @@ def data_names() -> list[str]:
 
 # -- image folders ------------------------------------------------------------------------------
 
-def _list_images(root: Path) -> list[Path]:
+def list_images(root: Path) -> list[Path]:
+    """Image files below ``root``, recursively, in a stable order."""
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
@@ -158,7 +159,7 @@ def _is_grey(path: Path) -> bool:
 def _folder(root: Path, split: str, size: int | None, channels: int | None, on_error: str) -> ImageData:
     from PIL import Image, UnidentifiedImageError
 
-    files = _list_images(root)
+    files = list_images(root)
     if not files:
         raise GmkitError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     if size is None:

@@ -94,6 +94,15 @@ class Family(nn.Module):
         it from the config and from what ``encode`` returns."""
         return None
 
+    def check_latents(self, z: torch.Tensor, dim: int) -> None:
+        """Refuse a latent matrix that is not (N, dim), is empty or holds NaN/inf, naming the problem."""
+        if z.ndim != 2 or z.shape[1] != dim:
+            raise GmkitError(f"{self.name} decode: latents of shape {tuple(z.shape)}, this model needs (N, {dim})")
+        if z.shape[0] == 0:
+            raise GmkitError(f"{self.name} decode: no latents (the tensor is empty)")
+        if not bool(torch.isfinite(z).all()):
+            raise GmkitError(f"{self.name} decode: the latents hold NaN or infinite values")
+
     def check_options(self, options: dict[str, Any]) -> None:
         """Refuse sample options this family cannot use, naming them."""
         unknown = sorted(k for k, v in options.items() if v is not None and k not in self.sample_options)

@@ -356,13 +356,7 @@ class Flow(Family):
     def decode(self, z: torch.Tensor, **options: Any) -> torch.Tensor:
         """Latents (N, D) from ``encode`` (or N(0, I) draws) -> images in [-1, 1]."""
         self._refuse(options)
-        d = self.dims
-        if z.ndim != 2 or z.shape[1] != d:
-            raise GmkitError(f"{self.name} decode: latents of shape {tuple(z.shape)}, this model needs (N, {d})")
-        if z.shape[0] == 0:
-            raise GmkitError(f"{self.name} decode: no latents (the tensor is empty)")
-        if not bool(torch.isfinite(z).all()):
-            raise GmkitError(f"{self.name} decode: the latents hold NaN or infinite values")
+        self.check_latents(z, self.dims)
         s = self.flow_inverse(z.to(self.device, self.top_mean.dtype))
         return self.from_unit(self.postprocess(s.float()))
 

@@ -196,13 +196,7 @@ class VAE(Family):
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, class_label=None, **_: Any) -> torch.Tensor:
         """Latents (N, latent_dim) -> images in [-1, 1] (the decoder's mean)."""
-        d = self.config.latent_dim
-        if z.ndim != 2 or z.shape[1] != d:
-            raise GmkitError(f"{self.name} decode: latents of shape {tuple(z.shape)}, this model needs (N, {d})")
-        if z.shape[0] == 0:
-            raise GmkitError(f"{self.name} decode: no latents (the tensor is empty)")
-        if not bool(torch.isfinite(z).all()):
-            raise GmkitError(f"{self.name} decode: the latents hold NaN or infinite values")
+        self.check_latents(z, self.config.latent_dim)
         z = z.to(self.device, torch.float32)
         labels = self._class_labels(class_label, z.shape[0], z.device)
         if self.config.num_classes and labels is None:
