@@ -75,7 +75,12 @@ def sample_options(net, defaults: dict, sampler: str | None, steps: int | None) 
         opts["sampler"] = sampler
     if steps:
         opts["steps"] = steps
-    opts.setdefault("sampler", "ddpm")
+    opts.setdefault("sampler", getattr(net, "default_sampler", "ddpm"))
+    from .diffusion import sde_samplers
+
+    if opts["sampler"] in sde_samplers.SAMPLERS:  # score-view samplers: steps are noise levels, calls differ
+        opts["steps"] = opts.get("steps") or sde_samplers.DEFAULT_STEPS[opts["sampler"]]
+        return opts, sde_samplers.network_calls(opts["sampler"], opts["steps"]), True
     opts["steps"] = opts.get("steps") or (net.config.num_train_timesteps if opts["sampler"] == "ddpm" else 50)
     return opts, opts["steps"], True
 
@@ -198,6 +203,51 @@ def sweep(models: list[str], samplers: list[str | None], steps: list[int | None]
                                 skipped.append({"model": name, "sampler": smp, "steps": s, "batch": b, "reason": str(e)})
                                 say(f"gmkit: warning: skipping {name} sampler={smp} steps={s}: {e}")
     return rows, skipped
+
+
+def pixel_twin(net):
+    """The latent diffusion model's UNet, unchanged, working directly on pixels (random weights).
+
+    Same blocks, widths, attention levels, text conditioning and guidance; only the input is the
+    image instead of its 4x smaller latent. The first stage becomes an autoencoder of factor 1.
+    Sampling cost depends on the architecture, not on the weights, so this is LDM's honest
+    pixel-space counterpart at the same output resolution.
+    """
+    import dataclasses
+
+    from .families.ldm import LDM
+
+    cfg = net.config
+    vae = dataclasses.replace(cfg.autoencoder.vae, block_out_channels=cfg.autoencoder.vae.block_out_channels[:1],
+                              latent_channels=cfg.in_channels, mid_attention=False)
+    twin_cfg = dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, vae=vae), latent_scale=1.0)
+    torch.manual_seed(0)
+    twin = LDM(twin_cfg).eval().requires_grad_(False)
+    return twin.to(device=net.device, dtype=next(net.parameters()).dtype, memory_format=torch.channels_last)
+
+
+def latent_vs_pixel(rows: list[dict], device: torch.device, runs: int = 3, say=lambda msg: None) -> list[dict]:
+    """For each latent-diffusion row: the same sampling run by its pixel-space twin, and the ratio."""
+    from .families.ldm import LDM
+
+    out = []
+    for r in rows:
+        if r["family"] != "ldm":
+            continue
+        net, src = load(r["model"], device, getattr(torch, r["dtype"]))
+        if not isinstance(net, LDM):
+            continue
+        twin = pixel_twin(net)
+        say(f"gmkit: bench the pixel-space twin of {r['model']} ({r['sampler']}, {r['steps']} steps, batch {r['batch']}) ...")
+        t = bench_one(r["model"] + " (pixel twin)", r["steps"], r["batch"], device, getattr(torch, r["dtype"]), runs,
+                      r["sampler"], False, 0, net_src=(twin, src)).as_dict()
+        out.append({"model": r["model"], "sampler": r["sampler"], "steps": r["steps"], "batch": r["batch"],
+                    "resolution": list(net.image_shape), "latent": list(net.sample_shape),
+                    "ldm_ms_per_image": r["ms_per_image"], "pixel_ms_per_image": t["ms_per_image"],
+                    "ldm_gflops_per_image": r["gflops_per_image"], "pixel_gflops_per_image": t["gflops_per_image"],
+                    "speedup": round(t["ms_per_image"] / r["ms_per_image"], 2),
+                    "pixel_twin": "the same UNet (random weights) on pixels instead of latents; decoder cost included for ldm"})
+    return out
 
 
 def ddim_claim(rows: list[dict], tolerance: float = CLAIM_TOLERANCE) -> dict:

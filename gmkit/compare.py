@@ -41,13 +41,14 @@ TEXTBOOK = {
              "speed": "slow", "trait": "step-by-step denoising"},
     "ldm": {"group": "Diffusion", "latent": "autoencoder latent", "stability": "very stable", "quality": "high",
             "speed": "fast-ish", "trait": "diffusion on a compressed latent"},
+    "score": {"group": "Diffusion", "latent": "none (data space); the probability-flow ODE gives an exact one",
+              "stability": "very stable", "quality": "high", "speed": "slow",
+              "trait": "score matching over noise levels; SDE/ODE samplers, exact likelihood"},
 }
 
 # Why a family has no likelihood column, where it declares none.
 NO_LIKELIHOOD = {
     "gan": "implicit model: a GAN defines no density to evaluate",
-    "ddpm": "gmkit's diffusion family computes no likelihood (it would need the variational bound over all "
-            "T steps or the probability-flow ODE)",
     "vqvae": "no likelihood capability: deterministic codes; the prior models codes, not pixels",
 }
 
@@ -232,7 +233,9 @@ def find_log(source: str, meta: dict, overrides: dict[str, str]) -> tuple[list[d
 def likelihood(net, data, n: int) -> dict:
     if LIKELIHOOD not in net.capabilities or not callable(getattr(net, "bits_per_dim", None)):
         return na(NO_LIKELIHOOD.get(net.name, f"{net.name} declares no likelihood capability"))
-    x = data.images[:n]
+    # Diffusion / score models integrate the probability-flow ODE (~50 network calls and backward
+    # passes per image): compare evaluates fewer images for them (their ``compare_likelihood_images``).
+    x = data.images[:min(n, getattr(net, "compare_likelihood_images", n))]
     kwargs = {}
     params = inspect.signature(net.bits_per_dim).parameters
     if "labels" in params and getattr(net.config, "num_classes", 0):
@@ -244,7 +247,11 @@ def likelihood(net, data, n: int) -> dict:
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
     out["seconds"] = round(time.perf_counter() - t0, 2)
     out["data"] = f"{len(x)} held-out images"
-    if "bpd" in r:
+    if "bpd" in r and "ode_steps" in r:
+        out["value"] = round(r["bpd"], 4)
+        out["text"] = (f"{r['bpd']:.3f} bits/dim (probability-flow ODE density, {r['ode_steps']} Heun steps, Hutchinson "
+                       f"trace, uniform dequantization bound; {len(x)} held-out images)")
+    elif "bpd" in r:
         out["value"] = round(r["bpd"], 4)
         out["text"] = f"{r['bpd']:.3f} bits/dim (exact density, uniform dequantization bound; {len(x)} held-out images)"
     elif "iwae_bpd" in r:
@@ -323,6 +330,17 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
         col.info = {"error": str(e)}
         return col
     col.family = net.name
+    data_shape = tuple(test_data.images.shape[1:])
+    # Sizes are resized to the data; colour cannot be: e.g. the text-to-image ldm (RGB emoji) against MNIST.
+    if net.image_shape[0] != data_shape[0]:
+        reason = (f"makes {'x'.join(map(str, net.image_shape))} images; --data {s.data} has "
+                  f"{'x'.join(map(str, data_shape))}")
+        say(f"gmkit: warning: {source}: {reason}")
+        for p in PROPERTIES:
+            col.cells[p] = na(reason)
+        col.cells["family"] = {"text": net.name, "group": TEXTBOOK.get(net.name, {}).get("group")}
+        col.info = {"family": net.name, "checkpoint": str(src.path), "skipped": reason}
+        return col
     opts, calls, has_steps = sample_options(net, src.defaults, None, None)
     tb = TEXTBOOK.get(net.name, {})
     col.info = {"family": net.name, "checkpoint": str(src.path), "sample_options": opts,
@@ -418,12 +436,13 @@ def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
             continue
         done.add(ckpt)
         for st in s.sweep_steps:
-            opts = {**c.opts, "sampler": "ddim", "steps": st}
+            sweep_sampler = getattr(net, "sweep_sampler", "ddim")  # score models have no ddim: heun
+            opts = {**c.opts, "sampler": sweep_sampler, "steps": st}
             opts.pop("eta", None)
-            say(f"gmkit: compare {c.source}: quality at ddim {st} steps ({s.sweep_samples} samples) ...")
+            say(f"gmkit: compare {c.source}: quality at {sweep_sampler} {st} steps ({s.sweep_samples} samples) ...")
             images, _ = generate(net, opts, s.sweep_samples, min(s.batch_size, s.sweep_samples), dev)
             q2 = score(images, s.data, f"0-{s.sweep_samples - 1}")
-            points.append({"checkpoint": ckpt, "model": f"{c.source} (sweep)", "sampler": "ddim", "steps": st,
+            points.append({"checkpoint": ckpt, "model": f"{c.source} (sweep)", "sampler": sweep_sampler, "steps": st,
                            "n": q2["n"], "fd": q2["fd"], "kid": q2["kid"], "baseline_fd": q2["baseline_fd"]})
     return points
 

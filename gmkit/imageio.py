@@ -79,6 +79,15 @@ def check_writable(out: str) -> None:
 def save_images(x: torch.Tensor, out: str, metadata: dict[str, str] | None = None, start_index: int = 0) -> list[str]:
     """Write images in [-1, 1]; returns the paths written."""
     kind = output_kind(out)
+    if kind in ("stdout", "grid") and x.shape[0] == 1:  # one image is written as itself, no grid border
+        arr = to_uint8(x)[0]
+        if kind == "grid":
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            _pil(arr).save(out)
+            return [out]
+        sys.stdout.buffer.write(png_bytes(arr))
+        sys.stdout.buffer.flush()
+        return ["-"]
     if kind == "stdout":
         sys.stdout.buffer.write(png_bytes(make_grid(x)))
         sys.stdout.buffer.flush()
@@ -102,9 +111,9 @@ def save_images(x: torch.Tensor, out: str, metadata: dict[str, str] | None = Non
     return paths
 
 
-def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
-    """One image file (or ``-`` for stdin) as (1, C, size, size) in [-1, 1]."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def open_image(path: str):
+    """A Pillow image from a file or ``-`` (stdin), transparency composited onto white."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         if path == "-":
@@ -120,6 +129,14 @@ def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, im)
+    return im
+
+
+def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
+    """One image file (or ``-`` for stdin) as (1, C, size, size) in [-1, 1]."""
+    from PIL import Image, ImageOps
+
+    im = open_image(path)
     resized = im.size != (size, size)
     im = ImageOps.fit(im.convert("L" if channels == 1 else "RGB"), (size, size), Image.Resampling.LANCZOS)
     arr = np.asarray(im, dtype=np.float32)
@@ -160,3 +177,59 @@ def load_image_set(path: str):
     with contextlib.redirect_stderr(io.StringIO()):  # per-file resize notes: summarised above instead
         x = torch.cat([load_image_file(str(f), 1, 28) for f in files])
     return x, notes
+
+
+def load_input_image(path: str, channels: int, size_for, quiet: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An ``--image`` for a model, as (1, C, h, w) in [-1, 1], and its original (width, height).
+
+    ``size_for(height, width) -> (h, w)`` is the size the model takes (``Family.input_size``); any
+    other size is resized (centre-cropped if the aspect differs) and said so, as is a colour change.
+    """
+    from PIL import Image, ImageOps
+
+    im = open_image(path)
+    original = im.size
+    h, w = size_for(im.height, im.width)
+    if im.size != (w, h):
+        crop = abs(im.width / im.height - w / h) > 0.01
+        _note(f"{path}: {im.width}x{im.height} image {'centre-cropped and ' if crop else ''}resized to {w}x{h} for this model", quiet)
+    grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    if channels == 1 and not grey:
+        _note(f"{path}: colour image converted to greyscale for this model", quiet)
+    im = ImageOps.fit(im.convert("L" if channels == 1 else "RGB"), (w, h), Image.Resampling.LANCZOS)
+    arr = np.asarray(im, dtype=np.float32)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())[None] / 127.5 - 1, original
+
+
+def load_mask(path: str, image_size: tuple[int, int], size: tuple[int, int], quiet: bool = False) -> torch.Tensor:
+    """An inpainting mask as (1, 1, h, w) of 0/1, 1 = generate: white (grey >= 50%) is filled, black kept.
+
+    A mask of another size than the image (``image_size``, width x height as read) is resized to
+    it first, then cropped and resized as the image was, to ``size`` (h, w); all said on stderr.
+    """
+    from PIL import Image, ImageOps
+
+    im = open_image(path).convert("L")
+    arr = np.asarray(im)
+    grey = float(((arr > 0) & (arr < 255)).mean())
+    if grey > 0.01:
+        _note(f"{path}: grey mask levels thresholded at 50% ({100 * grey:.0f}% of pixels were grey)", quiet)
+    if im.size != tuple(image_size):
+        _note(f"{path}: {im.width}x{im.height} mask resized to the image's {image_size[0]}x{image_size[1]}", quiet)
+        im = im.resize(tuple(image_size), Image.Resampling.BILINEAR)
+    im = ImageOps.fit(im, (size[1], size[0]), Image.Resampling.BILINEAR)
+    arr = np.asarray(im)
+    m = torch.from_numpy((arr >= 128).astype(np.float32))[None, None]
+    if bool((m == 1).all()):
+        _note(f"{path}: the mask is all white: every pixel is generated and the image is not used "
+              "(paint the parts to keep black)", quiet)
+    elif bool((m == 0).all()):
+        _note(f"{path}: the mask is all black: nothing to fill, the output is the input image "
+              "(paint the parts to generate white)", quiet)
+    return m
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"gmkit: {message}", file=sys.stderr)

@@ -39,6 +39,12 @@ BUNDLED: dict[str, Bundled] = {
     "augvae": Bundled("augvae.safetensors", "augvae", {}, "class-conditional VAE on MNIST trained on augmented views (--class 0-9)"),
     "gan": Bundled("gan.safetensors", "gan", {}, "DCGAN on MNIST: hinge loss, spectral-norm discriminator, EMA generator (--truncation T)"),
     "flow": Bundled("flow.safetensors", "flow", {}, "Glow-style multi-scale flow on MNIST: exact bits/dim and latents (--temperature T)"),
+    "score": Bundled("score.safetensors", "score", {"sampler": "pc", "steps": 500},
+                     "VE-SDE (NCSN) score model on MNIST: pc / langevin / reverse-SDE / ODE samplers, ODE latents and bits/dim"),
+    "ldm": Bundled("ldm.safetensors", "ldm", {"sampler": "ddim", "steps": 50},
+                   "text-to-image latent diffusion on OpenMoji (32 px): KL autoencoder, cross-attention UNet, MiniLM prompts (--prompt)"),
+    "sr": Bundled("sr.safetensors", "sr", {"sampler": "ddim", "steps": 20},
+                  "4x super-resolution (SR3-style conditional diffusion) on OpenMoji, any input size (--image small.png)"),
 }
 
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+))?$")
@@ -85,7 +91,8 @@ def _hub_file(repo: str, revision: str | None, subfolder: str | None) -> Path:
     except RevisionNotFoundError:
         raise GmkitError(f"{repo}: no revision {revision!r}") from None
     except EntryNotFoundError:
-        raise GmkitError(f"{repo}: has no gmkit model.safetensors{' in ' + subfolder if subfolder else ''}") from None
+        raise GmkitError(f"{repo}: has no gmkit model.safetensors nor a diffusers model_index.json"
+                         f"{' in ' + subfolder if subfolder else ''}") from None
     except OSError as e:
         raise GmkitError(f"{repo}: download failed ({e})") from None
 
@@ -106,7 +113,8 @@ def locate(source: str) -> tuple[Path, dict]:
             if (path / name).is_file():
                 return path / name, {}
         found = sorted(p.name for p in path.iterdir())[:8]
-        raise GmkitError(f"{source}: folder has no model.safetensors (found: {', '.join(found) or 'nothing'})")
+        raise GmkitError(f"{source}: folder has no model.safetensors (gmkit) nor model_index.json (diffusers) "
+                         f"(found: {', '.join(found) or 'nothing'})")
     if path.is_file():
         return path, {}
     if path.suffix == ".safetensors" or source.startswith((".", "/", "~")):
@@ -117,7 +125,28 @@ def locate(source: str) -> tuple[Path, dict]:
     raise GmkitError(f"unknown model {source!r}: not a bundled name ({_known()}), a file, a run folder or a Hub repo id")
 
 
-def resolve(source: str) -> Resolved:
+def diffusers_files(source: str):
+    """A diffusers pipeline (a folder or Hub repo with model_index.json) as ``interop.hub.RepoFiles``; else None."""
+    from .interop.hub import hub_pipeline_files, local_files
+
+    path = Path(source)
+    if source in BUNDLED and not path.exists():
+        return None
+    if path.is_dir():
+        return local_files(path, source) if (path / "model_index.json").is_file() else None
+    if path.exists() or path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or source.startswith((".", "/", "~")):
+        return None
+    m = HUB_ID.match(source)
+    return hub_pipeline_files(m["repo"], m["rev"], m["sub"]) if m else None
+
+
+def resolve(source: str, allow_pickle: bool = False, prefer_half: bool = False) -> Resolved:
+    """``allow_pickle`` and ``prefer_half`` (read fp16 weight variants) apply to diffusers pipelines."""
+    pipeline = diffusers_files(source)
+    if pipeline is not None:
+        from .interop.diffusers import resolve_pipeline
+
+        return resolve_pipeline(pipeline, allow_pickle=allow_pickle, prefer_half=prefer_half)
     path, defaults = locate(source)
     state, meta = load_tensors(path)
     family_name = meta.get("gmkit.family")
@@ -154,6 +183,6 @@ def build(resolved: Resolved, device: torch.device | str = "cpu", dtype: torch.d
     return model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
 
-def load(source: str, device="cpu", dtype=torch.float32) -> tuple[Family, Resolved]:
-    r = resolve(source)
+def load(source: str, device="cpu", dtype=torch.float32, allow_pickle: bool = False) -> tuple[Family, Resolved]:
+    r = resolve(source, allow_pickle=allow_pickle, prefer_half=dtype in (torch.float16, torch.bfloat16))
     return build(r, device, dtype), r

@@ -195,6 +195,8 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
 
     # channels_last: about 10% faster convolutions on CPU and GPU, same numbers.
     model.to(device, memory_format=torch.channels_last).train()
+    # Families that precompute per-image work (latent diffusion: latents, caption states) do it once here.
+    model.prepare_training(data, device, quiet or rank > 0)
     opts = model.optimizers(tcfg.lr, tcfg.weight_decay)
     ema = EMA(model, tcfg.ema_decay)
     step = 0
@@ -250,7 +252,8 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
     try:
         while step < tcfg.steps:
             idx = batch_indices(n, tcfg.batch_size, tcfg.seed, step)[rank * local_batch:(rank + 1) * local_batch]
-            batch = {"image": images[idx].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)}
+            batch = {"image": images[idx].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
+                     "index": idx}
             if labels is not None:
                 batch["label"] = labels[idx].to(device)
             for opt in opts.values():
@@ -320,6 +323,8 @@ def load_resume_config(state: tuple[dict, dict], family: type[Family]):
 
 
 def config_shape(cfg) -> tuple:
+    if hasattr(cfg, "fitted"):
+        return (cfg.in_channels, cfg.image_size, cfg.image_size)
     u = getattr(cfg, "unet", None)
     if u is not None:
         return (u.in_channels, u.sample_size, u.sample_size)
@@ -333,6 +338,8 @@ def fit_config_to_data(cfg, ds, conditional: bool):
     import dataclasses
 
 
+    if hasattr(cfg, "fitted"):  # a config that knows how to fit itself (latent diffusion)
+        return cfg.fitted(ds, conditional)
     c, h, w = ds.images.shape[1:]
     if h != w:
         raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
@@ -357,3 +364,45 @@ def fit_config_to_data(cfg, ds, conditional: bool):
             raise GmkitError("this family cannot be trained --conditional")
         cfg = dataclasses.replace(cfg, **changes)
     return cfg
+
+
+def first_stage(cfg, ds, source: str | None, out: Path, steps: int, seed: int, device: torch.device, data_spec: str,
+                quiet: bool):
+    """The autoencoder a latent diffusion run builds on: loaded from ``source``, or trained on ``ds``
+    into ``out`` first. Returns (the LDM config with that autoencoder's config, its weights, its source,
+    its training recipe)."""
+    import dataclasses
+
+    from .families import get_family
+
+    if source is None:
+        family = get_family("autoencoder")
+        ae_cfg = fit_config_to_data(cfg.autoencoder, ds, False)
+        tcfg = from_dict(TrainConfig, {**to_dict(TrainConfig()), **family.train_defaults, "steps": steps, "seed": seed})
+        if (out / "train_state.safetensors").exists():
+            state = read_train_state(out)
+            done = int(state[1]["gmkit.step"])
+            if not quiet:
+                _log(f"gmkit: continuing the autoencoder in {out} from step {done}")
+        else:
+            state = None
+            if not quiet:
+                _log(f"gmkit: training the first-stage autoencoder ({steps} steps) -> {out}")
+        torch.manual_seed(seed)
+        net = family(ae_cfg if state is None else from_dict(family.Config, json.loads(state[1]["gmkit.config"])))
+        recipe = {"command": "gmkit train ldm (first stage)", "data": data_spec, "data_note": ds.note,
+                  "train_images": len(ds), "device": str(device), "torch": torch.__version__}
+        if state is None or int(state[1]["gmkit.step"]) < steps:
+            train(net, ds, out, tcfg, device, recipe, state, quiet)
+        source = str(out)
+    from .registry import resolve
+
+    r = resolve(source)
+    if r.family.name != "autoencoder":
+        raise GmkitError(f"--autoencoder {source}: that is a {r.family.name} model, not an autoencoder")
+    shape = (r.config.in_channels, r.config.image_size, r.config.image_size)
+    if shape != tuple(ds.images.shape[1:]):
+        raise GmkitError(f"--autoencoder {source}: it was trained on images {shape}, the data gives "
+                         f"{tuple(ds.images.shape[1:])}")
+    return dataclasses.replace(cfg, autoencoder=r.config), {k: v.float() for k, v in r.state.items()}, source, \
+        json.loads(r.meta.get("gmkit.recipe", "{}") or "{}")

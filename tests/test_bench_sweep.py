@@ -11,7 +11,7 @@ from gmkit.bench import ddim_claim
 
 def test_bench_out_writes_results_and_plot(tiny_run, tmp_path):
     out = tmp_path / "sweep"
-    r = run_cli("bench", "--models", f"{tiny_run},vae,ldm", "--steps", "2,4", "--sampler", "ddpm,ddim",
+    r = run_cli("bench", "--models", f"{tiny_run},vae,nosuchmodel", "--steps", "2,4", "--sampler", "ddpm,ddim",
                 "--batch-size", "4", "--runs", "1", "--quality-samples", "8", "--out", str(out), "--json")
     assert r.code == 0, r.err
     assert (out / "plot.png").is_file()
@@ -25,7 +25,7 @@ def test_bench_out_writes_results_and_plot(tiny_run, tmp_path):
     assert len(vae) == 1 and vae[0]["steps_applicable"] is False  # no steps: benched once, steps n/a
     assert all(row["quality"]["n"] == 8 and row["quality"]["fd"] >= 0 for row in rows)
     assert all(row["tflops"] is not None and row["gflops_per_image"] > 0 for row in rows)
-    assert saved["skipped"][0]["model"] == "ldm"
+    assert saved["skipped"][0]["model"] == "nosuchmodel"
     assert saved["ddim_claim"]["status"] in ("reached", "not reached")
     assert saved["environment"]["gmkit"] and saved["environment"]["quality_samples"] == 8
 

@@ -17,13 +17,13 @@ FAST = ["--samples", "8", "--slow-samples", "8", "--sweep-samples", "8", "--swee
 
 def test_compare_writes_report_sheet_plots_and_html(tiny_run, tmp_path):
     out = tmp_path / "report"
-    r = run_cli("compare", "--models", f"{tiny_run},vae,ldm", "--data", "mnist", "--out", str(out), *FAST)
+    r = run_cli("compare", "--models", f"{tiny_run},vae,nosuchmodel", "--data", "mnist", "--out", str(out), *FAST)
     assert r.code == 0, r.err
-    assert "warning" in r.err and "ldm" in r.err  # unknown model: a warning, not a crash
+    assert "warning" in r.err and "nosuchmodel" in r.err  # unknown model: a warning, not a crash
     for name in ("report.json", "samples.png", "quality_vs_steps.png", "training_loss.png", "index.html"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    tiny, vae, ldm = report["models"]
+    tiny, vae, unknown = report["models"]
     # measured cells
     assert tiny["cells"]["quality"]["n"] == 8 and tiny["cells"]["quality"]["fd"] >= 0
     assert tiny["cells"]["speed"]["images_per_s"] > 0
@@ -33,8 +33,9 @@ def test_compare_writes_report_sheet_plots_and_html(tiny_run, tmp_path):
     assert vae["cells"]["likelihood"]["value"] > 0
     assert tiny["cells"]["parameters"]["total"] > 0
     # n/a with a reason, never a failed table
-    assert "likelihood" in tiny["cells"]["likelihood"]["na"]
-    assert all(c["na"] == "unknown model" for c in ldm["cells"].values())
+    assert tiny["cells"]["likelihood"]["value"] > 0  # diffusion: bits/dim through the probability-flow ODE
+    assert "probability-flow ODE" in tiny["cells"]["likelihood"]["text"]
+    assert all(c["na"] == "unknown model" for c in unknown["cells"].values())
     # honesty: data, counts, seeds, versions
     assert report["environment"]["torch"] and report["environment"]["gmkit"]
     assert report["models"][0]["info"]["sample_note"].startswith("8 images (seeds 0-7)")

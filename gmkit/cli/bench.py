@@ -41,7 +41,7 @@ def bench_cmd(
     import torch
 
     from .. import __version__
-    from ..bench import CLAIM_TOLERANCE, ddim_claim, plot_sweep, sweep
+    from ..bench import CLAIM_TOLERANCE, ddim_claim, latent_vs_pixel, plot_sweep, sweep
     from ..errors import GmkitError
 
     positive("--runs", runs)
@@ -76,6 +76,9 @@ def bench_cmd(
     result = {"results": rows, "environment": env, "skipped": skipped}
     if claim is not None:
         result["ddim_claim"] = claim
+    latent = latent_vs_pixel(rows, dev, runs, say=lambda m: say(m, quiet or json_out))
+    if latent:
+        result["latent_vs_pixel"] = latent
     if out is not None:
         import json
 
@@ -104,6 +107,11 @@ def bench_cmd(
             cells += [f"{q['fd']:.3f}", f"{q['kid']:.4f}", f"{q['precision']:.2f}", f"{q['recall']:.2f}", str(q["n"])]
         table.add_row(*cells)
     Console(stderr=False).print(table)
+    for lp in latent:
+        say(f"gmkit: {lp['model']}: latent diffusion ({'x'.join(map(str, lp['latent']))} latent) takes "
+            f"{lp['ldm_ms_per_image']:.1f} ms/image, the same UNet on {'x'.join(map(str, lp['resolution']))} pixels "
+            f"{lp['pixel_ms_per_image']:.1f} ms/image: {lp['speedup']}x cheaper in latent space "
+            f"({lp['sampler']}, {lp['steps']} steps, batch {lp['batch']})", quiet)
     if claim is not None:
         if claim.get("status") == "reached":
             say(f"gmkit: DDIM reaches DDPM-{claim['reference']['steps']} quality ({claim['criterion']}) at {claim['steps']} "

@@ -50,6 +50,8 @@ def encode_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="Inversion steps (diffusion models; default 50)."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Class label (class-conditional models)."),
     refine: Optional[int] = typer.Option(None, "--refine", help="DDIM inversion: fixed-point iterations per step (default 2; 0 = plain)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="Diffusion/score models: ddim (inversion, ddpm's default) or ode "
+                                          "(probability-flow ODE latent; decode with sample --init Z --sampler heun)."),
     out: str = typer.Option("-", "--out", "-o", help="A .safetensors file, or - for stdout (to pipe into quantize/decode)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report (needs --out FILE)."),
@@ -78,7 +80,7 @@ def encode_cmd(
     x, paths = gather_images(inputs, c, h)
     if refine is not None and refine < 0:
         raise GmkitError(f"--refine must be >= 0, got {refine}")
-    opts = {k: v for k, v in {"steps": steps, "class_label": class_label, "refine": refine}.items() if v is not None}
+    opts = {k: v for k, v in {"steps": steps, "class_label": class_label, "refine": refine, "sampler": sampler}.items() if v is not None}
     latents = net.encode(x.to(dev), **opts)
     latents = {k: (v.float() if v.is_floating_point() else v).cpu().contiguous() for k, v in latents.items()}  # codes, labels stay integers
     meta = {"gmkit.kind": "latents", "gmkit.model": model, "gmkit.family": net.name,

@@ -14,8 +14,8 @@ from ._common import DEVICE_HELP, emit_json, positive, resolve_device, say
 
 
 def train_cmd(
-    model: str = typer.Argument(..., help="Family to train: ddpm (ddim is the same network)."),
-    data: Optional[str] = typer.Option(None, "--data", help="mnist, digits, or a folder of images (subfolders = classes). Default: mnist."),
+    model: str = typer.Argument(..., help="Family to train: ddpm (ddim is the same network), ldm, autoencoder, vae, vqvae, augvae, gan, flow, ..."),
+    data: Optional[str] = typer.Option(None, "--data", help="mnist, digits, openmoji, mnist-captions (NAME:all / NAME:test pick a split), or a folder of images (subfolders = classes; metadata.jsonl = captions). Default: mnist."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default: the --resume folder, else runs/<family>)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps (a resumed run continues up to this number)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size (split across DDP processes)."),
@@ -23,7 +23,11 @@ def train_cmd(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize/crop training images to this size."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for weights, data order and noise."),
     conditional: bool = typer.Option(False, "--conditional", help="Condition on the data's class labels."),
+    sde: Optional[str] = typer.Option(None, "--sde", help="Score models: the noise process, ve (NCSN) or vp (same as --set sde=...)."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="sr: upsampling factor per side, e.g. 2 or 4 (same as --set scale=N)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where it stopped."),
+    autoencoder: Optional[str] = typer.Option(None, "--autoencoder", help="ldm: the first-stage autoencoder (a model source). Default: train one into OUT/autoencoder first."),
+    ae_steps: int = typer.Option(3000, "--ae-steps", help="ldm: steps for the autoencoder it trains when --autoencoder is not given."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON file with the family config."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: key=value (family config, or train.key=value)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between checkpoints."),
@@ -58,6 +62,18 @@ def train_cmd(
         torch.cuda.set_device(dev)
 
     family_sets = [s for s in set_ if not s.startswith("train.")]
+    if sde is not None:
+        if sde not in ("ve", "vp"):
+            raise GmkitError(f"--sde must be ve or vp, got {sde!r}")
+        if not hasattr(family.Config(), "sde"):
+            raise GmkitError(f"--sde applies to score models; {family.name} has no noise-process setting")
+        family_sets.append(f"sde={sde}")
+    if scale is not None:
+        if not hasattr(family.Config(), "scale"):
+            raise GmkitError(f"--scale applies to super-resolution models (sr); {family.name} has no scale")
+        if scale < 2:
+            raise GmkitError(f"--scale must be an integer >= 2 (2 or 4 are usual), got {scale}")
+        family_sets.append(f"scale={scale}")
     train_sets = [s[len("train."):] for s in set_ if s.startswith("train.")]
     resume_state = None
     recipe_prev: dict = {}
@@ -98,12 +114,30 @@ def train_cmd(
     elif tuple(ds.images.shape[1:]) != config_shape(cfg):
         raise GmkitError(f"--resume: the data gives images of shape {tuple(ds.images.shape[1:])}, "
                          f"the run was trained on {config_shape(cfg)}")
+    ae_state = None
+    if family.name == "ldm" and resume_state is None:
+        from ..train import first_stage
+
+        positive("--ae-steps", ae_steps)
+        cfg, ae_state, ae_source, ae_recipe = first_stage(cfg, ds, autoencoder, out / "autoencoder", ae_steps, tcfg.seed,
+                                                          dev, data, quiet)
+    elif autoencoder is not None:
+        raise GmkitError("--autoencoder applies to ldm only")
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     net = family(cfg)
+    if ae_state is not None:
+        net.load_autoencoder(ae_state)
     argv = sys.argv[1:] if Path(sys.argv[0]).name != "__main__.py" else sys.argv[1:]
     recipe = {"command": "gmkit " + shlex.join(argv), "data": data, "data_note": ds.note, "image_size": image_size,
               "train_images": len(ds), "world_size": world, "device": str(dev), "torch": torch.__version__,
               "params": sum(p.numel() for p in net.parameters())}
+    if ae_state is not None:
+        recipe["autoencoder"] = ae_source
+        recipe["autoencoder_recipe"] = ae_recipe  # how the first stage was trained: the file describes both
+    if ds.note.startswith("OpenMoji"):
+        from ..data.captioned import OPENMOJI_LICENSE
+
+        recipe["data_license"] = OPENMOJI_LICENSE
     if recipe_prev.get("command") and resume_state is not None:
         recipe["earlier_commands"] = recipe_prev.get("earlier_commands", []) + [recipe_prev["command"]]
     if rank == 0:

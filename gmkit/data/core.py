@@ -26,6 +26,7 @@ class ImageData:
     labels: torch.Tensor | None = None  # (N,) int64
     class_names: list[str] | None = None
     note: str = ""  # provenance, licence
+    captions: list[list[str]] | None = None  # per image, its caption variants (text-to-image data)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -113,7 +114,32 @@ def _bundled_digits(split: str, size: int | None) -> ImageData:
                      "scikit-learn digits (1,797 images, 8x8)")
 
 
-BUNDLED = {"mnist": _bundled_mnist, "digits": _bundled_digits}
+def _bundled_mnist_captions(split: str, size: int | None) -> ImageData:
+    data = _bundled_mnist(split, size)
+    data.name = "mnist-captions"
+    data.captions = [[f"a handwritten digit {DIGIT_NAMES[k]}", f"the number {k}", f"digit {DIGIT_NAMES[k]}",
+                      f"a handwritten {k}"] for k in data.labels.tolist()]
+    data.note += ", captioned by digit"
+    return data
+
+
+def _bundled_openmoji(split: str, size: int | None) -> ImageData:
+    from .captioned import OPENMOJI_NOTE, caption_variants, render_openmoji
+
+    size = size or 32
+    x, names, _ = render_openmoji(size, cache_dir())
+    # Every 10th emoji is held out: enough to measure on, and the catalogue is not a sample of anything.
+    held = np.arange(len(names)) % 10 == 9
+    keep = {"train": ~held, "test": held, "held-out": held, "all": np.ones_like(held)}.get(split)
+    if keep is None:
+        raise GmkitError(f"unknown split {split!r} (train, test, all)")
+    idx = np.flatnonzero(keep)
+    imgs = torch.from_numpy(x[idx]).float() / 127.5 - 1
+    return ImageData("openmoji", imgs, None, None, OPENMOJI_NOTE, [caption_variants(names[i]) for i in idx])
+
+
+BUNDLED = {"mnist": _bundled_mnist, "digits": _bundled_digits, "mnist-captions": _bundled_mnist_captions,
+           "openmoji": _bundled_openmoji}
 
 
 def data_names() -> list[str]:
@@ -202,15 +228,29 @@ def _folder(root: Path, split: str, size: int | None, channels: int | None, on_e
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, x=arr, y=labels)
         os.replace(tmp, cached)
+    captions = None
+    if (root / "metadata.jsonl").is_file():
+        from .captioned import read_metadata
+
+        if len(files) != len(arr):
+            raise GmkitError(f"{root}: some images could not be read, so captions cannot be matched to them; "
+                             "fix or remove those files (--on-bad-image error names them)")
+        captions = read_metadata(root, files)
     if split not in ("train", "all"):
+        mask = _held_out_mask(labels)
         arr, labels = _split(arr, labels, split)
+        if captions is not None:
+            captions = [c for c, m in zip(captions, mask) if m]
     imgs = torch.from_numpy(arr).float() / 127.5 - 1
-    return ImageData(root.name, imgs, torch.from_numpy(labels) if class_names else None, class_names, f"images from {root}")
+    return ImageData(root.name, imgs, torch.from_numpy(labels) if class_names else None, class_names, f"images from {root}",
+                     captions)
 
 
 def load_data(spec: str, split: str = "train", image_size: int | None = None, channels: int | None = None,
               on_error: str = "skip") -> ImageData:
-    """A bundled data set by name, or a folder of images (subfolders = classes)."""
+    """A bundled data set by name (``NAME:split`` picks a split), or a folder of images (subfolders = classes)."""
+    if ":" in spec and spec.split(":", 1)[0] in BUNDLED and not Path(spec).exists():
+        spec, split = spec.split(":", 1)
     if spec in BUNDLED and not Path(spec).exists():
         data = BUNDLED[spec](split, image_size)
         if channels is not None and channels != data.images.shape[1]:

@@ -58,3 +58,17 @@ def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "tra
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r} (leading, trailing, linspace)")
     return sorted({min(max(t, 0), T - 1) for t in ts}, reverse=True)
+
+
+def solver_timesteps(num_train_steps: int, num_steps: int, spacing: str = "linspace", offset: int = 0) -> list[int]:
+    """Timesteps for an ODE solver that ends at sigma = 0 (DPM-Solver++): ``num_steps`` model calls,
+    all above t = 0, as diffusers' multistep solvers place them.
+
+    ``linspace`` and ``leading`` space ``num_steps + 1`` points and drop the cleanest (the solver's
+    last step goes from the smallest listed t straight to a clean image); ``trailing`` is unchanged.
+    """
+    if spacing == "trailing":
+        return sampling_timesteps(num_train_steps, num_steps, spacing, offset)
+    if not 1 <= num_steps < num_train_steps:
+        raise ValueError(f"steps must be between 1 and {num_train_steps - 1}, got {num_steps}")
+    return sampling_timesteps(num_train_steps, num_steps + 1, spacing, offset)[:-1]

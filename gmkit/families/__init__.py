@@ -8,13 +8,18 @@ from .base import Family
 
 def family_classes() -> dict[str, type[Family]]:
     from .augvae import AugVAE
+    from .autoencoder import Autoencoder
     from .diffusion import Diffusion
     from .flow import Flow
     from .gan import GAN
+    from .ldm import LDM
+    from .score import Score
+    from .sr import SR
     from .vae import VAE
     from .vqvae import VQVAE
+    from .vqldm import VQLatentDiffusion
 
-    return {cls.name: cls for cls in (Diffusion, VAE, VQVAE, AugVAE, GAN, Flow)}
+    return {cls.name: cls for cls in (Diffusion, VAE, VQVAE, AugVAE, GAN, Flow, Autoencoder, Score, LDM, VQLatentDiffusion, SR)}
 
 
 def get_family(name: str) -> type[Family]:

@@ -39,6 +39,9 @@ class Family(nn.Module):
         """Training losses for a batch: must include ``loss``; other entries are logged."""
         raise NotImplementedError
 
+    def prepare_training(self, data, device: torch.device, quiet: bool = False) -> None:
+        """Called once before training: a family may precompute per-image work here."""
+
     def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)}
 
@@ -78,6 +81,12 @@ class Family(nn.Module):
         c, h, w = self.image_shape
         return c * h * w
 
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) an ``--image`` of this size is resized to: the model's resolution here;
+        size-agnostic models (super-resolution) return the nearest size they can take."""
+        _, h, w = self.image_shape
+        return h, w
+
     def sample(self, noise: list[torch.Generator], **options: Any) -> torch.Tensor:
         """One image per generator, in [-1, 1], shape (N, C, H, W)."""
         raise NotImplementedError
@@ -108,4 +117,9 @@ class Family(nn.Module):
         unknown = sorted(k for k, v in options.items() if v is not None and k not in self.sample_options)
         if unknown:
             opts = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            if "image" in unknown:  # say which families edit or upsample images
+                from . import family_classes
+
+                can = sorted(name for name, cls in family_classes().items() if "image" in cls.sample_options)
+                raise GmkitError(f"{self.name} models do not take {opts} (image editing and upsampling: {', '.join(can)})")
             raise GmkitError(f"{self.name} models do not take {opts}")

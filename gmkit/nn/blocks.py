@@ -14,12 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, cos first (DDPM, Ho et al. 2020)."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, flip_sin_to_cos: bool = True,
+                       freq_shift: float = 0.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, cos first (DDPM, Ho et al. 2020).
+
+    ``flip_sin_to_cos=False`` puts sin first and ``freq_shift=1`` divides the exponents by half - 1,
+    as some public checkpoints (diffusers' ``Timesteps`` options) were trained.
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - freq_shift))
     args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    emb = torch.cat([torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)], dim=-1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
@@ -37,23 +42,24 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
-def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNorm:
     # Small networks have fewer channels than the usual 32 groups; use the largest divisor.
     g = min(groups, channels)
     while channels % g:
         g -= 1
-    return nn.GroupNorm(g, channels, eps=1e-5)
+    return nn.GroupNorm(g, channels, eps=eps)
 
 
 class ResnetBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the time embedding added in between (DDPM, Ho et al. 2020)."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int | None, dropout: float = 0.0, groups: int = 32):
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int | None, dropout: float = 0.0, groups: int = 32,
+                 eps: float = 1e-5):
         super().__init__()
-        self.norm1 = group_norm(in_ch, groups)
+        self.norm1 = group_norm(in_ch, groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_emb_proj = nn.Linear(temb_dim, out_ch) if temb_dim else None
-        self.norm2 = group_norm(out_ch, groups)
+        self.norm2 = group_norm(out_ch, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
@@ -74,10 +80,10 @@ class SelfAttention(nn.Module):
     Uses ``F.scaled_dot_product_attention`` so the fused kernels run where they exist.
     """
 
-    def __init__(self, channels: int, head_dim: int = 32, groups: int = 32):
+    def __init__(self, channels: int, head_dim: int = 32, groups: int = 32, eps: float = 1e-5):
         super().__init__()
         self.heads = max(1, channels // head_dim)
-        self.group_norm = group_norm(channels, groups)
+        self.group_norm = group_norm(channels, groups, eps)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
@@ -94,13 +100,19 @@ class SelfAttention(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Strided 3x3 convolution halving the resolution."""
+    """Strided 3x3 convolution halving the resolution.
 
-    def __init__(self, channels: int):
+    ``padding=0`` pads right and bottom by one first (the asymmetric padding of some public models).
+    """
+
+    def __init__(self, channels: int, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 

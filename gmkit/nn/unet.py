@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Downsample, ResnetBlock, SelfAttention, TimestepEmbedding, Upsample, group_norm, timestep_embedding
+from .transformer import Transformer2D
 
 
 @dataclass
@@ -32,22 +33,44 @@ class UNetConfig:
     norm_groups: int = 8
     dropout: float = 0.0
     num_classes: int = 0  # > 0: class-conditional; label num_classes is the "no label" token
+    # > 0: text-conditional. Attention blocks become transformer blocks with cross-attention to
+    # prompt states of this width (latent diffusion).
+    cross_attention_dim: int = 0
+    transformer_depth: int = 1
+    # Options that public (diffusers-format) checkpoints use; the defaults are gmkit's own layout.
+    norm_eps: float = 1e-5
+    flip_sin_to_cos: bool = True  # timestep embedding: cos first (False: sin first)
+    freq_shift: float = 0.0  # timestep embedding: exponents divided by half_dim - freq_shift
+    downsample_padding: int = 1  # 0: pad right/bottom by one, then a stride-2 convolution
+    num_heads: int = 0  # > 0: transformer blocks use this many heads at every level (head_dim follows)
+    use_linear_projection: bool = False  # transformer blocks project in/out with Linear (SD 2.x), not 1x1 conv
+
+
+def _attention(ch: int, cfg: "UNetConfig") -> nn.Module:
+    if cfg.cross_attention_dim > 0:
+        head_dim = ch // cfg.num_heads if cfg.num_heads > 0 else cfg.head_dim
+        return Transformer2D(ch, head_dim, cfg.cross_attention_dim, cfg.norm_groups, cfg.transformer_depth,
+                             cfg.use_linear_projection)
+    return SelfAttention(ch, cfg.head_dim, cfg.norm_groups, cfg.norm_eps)
+
+
+def _attend(module: nn.Module, x: torch.Tensor, context, mask) -> torch.Tensor:
+    return module(x, context, mask) if isinstance(module, Transformer2D) else module(x)
 
 
 class DownBlock(nn.Module):
     def __init__(self, in_ch, out_ch, temb_dim, layers, attention, downsample, cfg: UNetConfig):
         super().__init__()
         self.resnets = nn.ModuleList(
-            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, temb_dim, cfg.dropout, cfg.norm_groups) for i in range(layers))
-        self.attentions = nn.ModuleList(
-            SelfAttention(out_ch, cfg.head_dim, cfg.norm_groups) for _ in range(layers)) if attention else None
-        self.downsamplers = nn.ModuleList([Downsample(out_ch)]) if downsample else None
+            ResnetBlock(in_ch if i == 0 else out_ch, out_ch, temb_dim, cfg.dropout, cfg.norm_groups, cfg.norm_eps) for i in range(layers))
+        self.attentions = nn.ModuleList(_attention(out_ch, cfg) for _ in range(layers)) if attention else None
+        self.downsamplers = nn.ModuleList([Downsample(out_ch, cfg.downsample_padding)]) if downsample else None
 
-    def forward(self, x, temb, skips: list):
+    def forward(self, x, temb, skips: list, context=None, mask=None):
         for i, resnet in enumerate(self.resnets):
             x = resnet(x, temb)
             if self.attentions is not None:
-                x = self.attentions[i](x)
+                x = _attend(self.attentions[i], x, context, mask)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -59,17 +82,16 @@ class UpBlock(nn.Module):
     def __init__(self, in_ch, out_ch, skip_chs: list[int], temb_dim, attention, upsample, cfg: UNetConfig):
         super().__init__()
         self.resnets = nn.ModuleList(
-            ResnetBlock((in_ch if i == 0 else out_ch) + s, out_ch, temb_dim, cfg.dropout, cfg.norm_groups)
+            ResnetBlock((in_ch if i == 0 else out_ch) + s, out_ch, temb_dim, cfg.dropout, cfg.norm_groups, cfg.norm_eps)
             for i, s in enumerate(skip_chs))
-        self.attentions = nn.ModuleList(
-            SelfAttention(out_ch, cfg.head_dim, cfg.norm_groups) for _ in skip_chs) if attention else None
+        self.attentions = nn.ModuleList(_attention(out_ch, cfg) for _ in skip_chs) if attention else None
         self.upsamplers = nn.ModuleList([Upsample(out_ch)]) if upsample else None
 
-    def forward(self, x, temb, skips: list):
+    def forward(self, x, temb, skips: list, context=None, mask=None):
         for i, resnet in enumerate(self.resnets):
             x = resnet(torch.cat([x, skips.pop()], dim=1), temb)
             if self.attentions is not None:
-                x = self.attentions[i](x)
+                x = _attend(self.attentions[i], x, context, mask)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, size=skips[-1].shape[-2:] if skips else None)
         return x
@@ -78,19 +100,22 @@ class UpBlock(nn.Module):
 class MidBlock(nn.Module):
     def __init__(self, ch, temb_dim, attention, cfg: UNetConfig):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, temb_dim, cfg.dropout, cfg.norm_groups),
-                                      ResnetBlock(ch, ch, temb_dim, cfg.dropout, cfg.norm_groups)])
-        self.attentions = nn.ModuleList([SelfAttention(ch, cfg.head_dim, cfg.norm_groups)]) if attention else None
+        self.resnets = nn.ModuleList([ResnetBlock(ch, ch, temb_dim, cfg.dropout, cfg.norm_groups, cfg.norm_eps),
+                                      ResnetBlock(ch, ch, temb_dim, cfg.dropout, cfg.norm_groups, cfg.norm_eps)])
+        self.attentions = nn.ModuleList([_attention(ch, cfg)]) if attention else None
 
-    def forward(self, x, temb):
+    def forward(self, x, temb, context=None, mask=None):
         x = self.resnets[0](x, temb)
         if self.attentions is not None:
-            x = self.attentions[0](x)
+            x = _attend(self.attentions[0], x, context, mask)
         return self.resnets[1](x, temb)
 
 
 class UNet(nn.Module):
-    """``forward(x, t, class_labels=None) -> prediction`` with the shape of ``x``."""
+    """``forward(x, t, class_labels=None, context=None, context_mask=None) -> prediction`` shaped like ``x``.
+
+    ``context`` (B, L, cross_attention_dim) and its mask (B, L) are the prompt's token states.
+    """
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -123,13 +148,15 @@ class UNet(nn.Module):
                                           level in cfg.attention_blocks, level != 0, cfg))
             in_ch = out_ch
 
-        self.conv_norm_out = group_norm(chs[0], cfg.norm_groups)
+        self.conv_norm_out = group_norm(chs[0], cfg.norm_groups, cfg.norm_eps)
         self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0]).to(x.dtype))
+        temb = self.time_embedding(timestep_embedding(t, self.cfg.block_out_channels[0], flip_sin_to_cos=self.cfg.flip_sin_to_cos,
+                                                      freq_shift=self.cfg.freq_shift).to(x.dtype))
         if self.class_embedding is not None:
             if class_labels is None:  # unconditional: the reserved "no label" token
                 class_labels = torch.full((x.shape[0],), self.cfg.num_classes, device=x.device, dtype=torch.long)
@@ -138,8 +165,8 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for block in self.down_blocks:
-            h = block(h, temb, skips)
-        h = self.mid_block(h, temb)
+            h = block(h, temb, skips, context, context_mask)
+        h = self.mid_block(h, temb, context, context_mask)
         for block in self.up_blocks:
-            h = block(h, temb, skips)
+            h = block(h, temb, skips, context, context_mask)
         return self.conv_out(F.silu(self.conv_norm_out(h)))

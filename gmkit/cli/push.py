@@ -1,0 +1,46 @@
+"""``gmkit push RUN REPO``: upload a trained checkpoint with a generated model card to the Hub."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ._common import emit_json, say
+
+
+def push_cmd(
+    run: str = typer.Argument(..., help="Run folder (its model.safetensors) or a gmkit .safetensors checkpoint."),
+    repo: str = typer.Argument(..., help="Hub repo id to create or update, e.g. yourname/gmkit-mnist-ddpm."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Write the folder that would be uploaded, and upload nothing."),
+    out: Optional[str] = typer.Option(None, "--out", help="Where to write that folder (default: RUN/hub-upload for a dry run)."),
+    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
+    message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit message."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages."),
+) -> None:
+    """Upload a model to the Hugging Face Hub with a model card and a sample grid."""
+    import tempfile
+    from pathlib import Path
+
+    from ..publish import checkpoint_of, prepare, upload
+
+    ckpt = checkpoint_of(run)
+    if out is not None:
+        folder = Path(out)
+    elif dry_run:
+        folder = ckpt.parent / "hub-upload"
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="gmkit-push-"))
+    files = prepare(run, repo, folder, replace=out is None and dry_run)
+    url = None if dry_run else upload(folder, repo, private, message)
+    if json_out:
+        emit_json({"run": run, "repo": repo, "folder": str(folder), "files": files, "uploaded": not dry_run, "url": url})
+    elif dry_run:
+        say(f"gmkit: dry run: wrote {', '.join(files)} to {folder} (nothing uploaded)", quiet)
+    else:
+        say(f"gmkit: uploaded {', '.join(files)} to {url}", quiet)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("push")(push_cmd)

@@ -1,0 +1,304 @@
+"""Latent diffusion with text prompts (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent
+Diffusion Models"): the design behind Stable Diffusion, at laptop scale.
+
+Three parts, one checkpoint (the text encoder is named, not stored):
+  autoencoder   a KL autoencoder (``families/autoencoder.py``) compresses images 4x per side;
+                its latents are scaled to unit variance by ``latent_scale`` (measured at training start)
+  unet          the shared UNet with transformer blocks: self-attention, cross-attention to the
+                prompt's token states, feed-forward; trained on latents with caption dropout so
+                classifier-free guidance works (Ho & Salimans 2022)
+  text encoder  frozen and pretrained (``nn/text.py``); every training caption is encoded once
+
+Sampling runs any diffusion sampler of the ``ddpm`` family in latent space, then decodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import GmkitError
+from ..nn.text import load_text_encoder
+from ..nn.unet import UNetConfig
+from .autoencoder import Autoencoder, AutoencoderConfig
+from .base import DECODE, ENCODE, SAMPLE, STEPS
+from .diffusion import Diffusion
+
+# What the training previews (and `gmkit sample ldm` with no prompt file) show.
+PREVIEW_PROMPTS = ["a futuristic cityscape at sunset", "a red apple", "a smiling face", "a rocket",
+                   "a green tree", "a blue car", "a cat", "a slice of pizza"]
+
+
+def _ldm_unet() -> UNetConfig:
+    return UNetConfig(in_channels=4, out_channels=4, sample_size=8, block_out_channels=[64, 128],
+                      layers_per_block=1, attention_blocks=[0, 1], mid_attention=True, head_dim=32,
+                      norm_groups=32, cross_attention_dim=384)
+
+
+@dataclass
+class LDMConfig:
+    image_size: int = 32
+    in_channels: int = 3
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    latent_scale: float = 0.0  # 1 / std of the training latents; 0 = measure when training starts
+    unet: UNetConfig = field(default_factory=_ldm_unet)
+    text_encoder: str = "minilm"
+    text_max_length: int = 32
+    caption_dropout: float = 0.1  # share of captions replaced by "" in training (enables guidance)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"  # Stable Diffusion's
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"
+    clip_sample: bool = False  # latents are not bounded to [-1, 1]
+    timestep_spacing: str = "trailing"
+    steps_offset: int = 0
+    solver_spacing: str | None = None  # DPM-Solver++'s timestep spacing where it differs; None: timestep_spacing
+    set_alpha_to_one: bool = True  # DDIM's last step lands on alpha-bar 1 (False: on alpha-bar_0, as SD's schedulers)
+    class_dropout: float = 0.0  # unused: the prompt is the condition
+
+    def fitted(self, ds, conditional: bool) -> "LDMConfig":
+        """This config fitted to a data set: image channels and size (the UNet follows the autoencoder)."""
+        c, h, w = ds.images.shape[1:]
+        if h != w:
+            raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
+        if conditional:
+            raise GmkitError("ldm is conditioned on captions, not classes; drop --conditional")
+        if ds.captions is None:
+            raise GmkitError(f"--data {ds.name}: ldm needs captioned data (openmoji, mnist-captions, or a folder "
+                             "with metadata.jsonl)")
+        ae = dataclasses.replace(self.autoencoder, in_channels=c, image_size=h)
+        return dataclasses.replace(self, image_size=h, in_channels=c, autoencoder=ae)
+
+
+class LDM(Diffusion):
+    name = "ldm"
+    Config = LDMConfig
+    capabilities = frozenset({SAMPLE, ENCODE, DECODE, STEPS})
+    # Every option of pixel diffusion (samplers, editing) except --class, plus the prompts.
+    sample_options = (Diffusion.sample_options - {"class_label"}) | {"prompt", "negative_prompt"}
+    preview_options = {"sampler": "ddim", "steps": 30, "prompt": PREVIEW_PROMPTS, "guidance": 4.0}
+    train_defaults = {"lr": 5e-4, "lr_schedule": "cosine", "batch_size": 64, "ema_decay": 0.999, "preview": 8,
+                      "warmup": 500}
+    default_guidance = 4.0
+    latent_key = "latents"  # the tensor ``decode`` reads from an encoded file
+
+    def __init__(self, config: LDMConfig):
+        ae_cfg = dataclasses.replace(config.autoencoder, in_channels=config.in_channels, image_size=config.image_size)
+        first = Autoencoder(ae_cfg)
+        lc, s, _ = first.latent_shape
+        # The UNet works on the autoencoder's latents and reads the text encoder's states.
+        unet = dataclasses.replace(config.unet, in_channels=lc, out_channels=lc, sample_size=s, num_classes=0,
+                                   cross_attention_dim=config.unet.cross_attention_dim or 384)
+        config = dataclasses.replace(config, autoencoder=ae_cfg, unet=unet)
+        super().__init__(config)
+        self.autoencoder = first.requires_grad_(False)
+        self._text = None
+        self._train_cache: dict[str, torch.Tensor] | None = None
+
+    def __getstate__(self):
+        # Copies (the training previews) share the text encoder and leave the training caches behind.
+        state = self.__dict__.copy()
+        state["_train_cache"] = None
+        return state
+
+    # -- shapes ------------------------------------------------------------------------------
+    @property
+    def image_shape(self):
+        c = self.config
+        return (c.in_channels, c.image_size, c.image_size)
+
+    @property
+    def sample_shape(self):
+        return self.autoencoder.latent_shape
+
+    @property
+    def text(self):
+        if self._text is None:
+            self._text = load_text_encoder(self.config.text_encoder, self.config.text_max_length)
+        return self._text
+
+    # -- first stage -------------------------------------------------------------------------
+    def load_autoencoder(self, state: dict[str, torch.Tensor]) -> None:
+        self.autoencoder.load_state_dict(state)
+        self.autoencoder.requires_grad_(False)
+
+    def to_latents(self, mean: torch.Tensor, logvar: torch.Tensor | None = None) -> torch.Tensor:
+        z = mean if logvar is None else mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        return z * self.config.latent_scale
+
+    decode_slice = 8  # latents decoded at once: the decoder's activations, not the UNet's, peak at large sizes
+
+    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
+        z = z / self.config.latent_scale
+        return torch.cat([self.autoencoder.decode(z[i:i + self.decode_slice]) for i in range(0, len(z), self.decode_slice)])
+
+    # -- training ----------------------------------------------------------------------------
+    def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=weight_decay)}
+
+    @torch.no_grad()
+    def prepare_training(self, data, device, quiet: bool = False) -> None:
+        """Encode every image (autoencoder posterior) and every caption (text encoder) once."""
+        if data.captions is None:
+            raise GmkitError(f"--data {data.name}: ldm needs captions")
+        ae = self.autoencoder.eval()
+        means, logvars = [], []
+        for i in range(0, len(data), 256):
+            m, lv = ae.vae.encode(data.images[i:i + 256].to(device, torch.float32))
+            means.append(m)
+            logvars.append(lv)
+        mean, logvar = torch.cat(means), torch.cat(logvars)
+        if not self.config.latent_scale:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            sample = mean + torch.randn(mean.shape, generator=g).to(device) * (0.5 * logvar).exp()
+            self.config.latent_scale = float(1.0 / sample.std())
+            if not quiet:
+                print(f"gmkit: latent scale {self.config.latent_scale:.4f} (1 / std of the training latents)",
+                      file=sys.stderr)
+        unique = [""] + sorted({c for caps in data.captions for c in caps})
+        where = {c: i for i, c in enumerate(unique)}
+        states, masks = [], []
+        enc = self.text
+        for i in range(0, len(unique), 512):
+            s, m = enc.encode(unique[i:i + 512])
+            states.append(s)
+            masks.append(m)
+        width = max(s.shape[1] for s in states)
+        states = torch.cat([F.pad(s, (0, 0, 0, width - s.shape[1])) for s in states])
+        masks = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks])
+        most = max(len(c) for c in data.captions)
+        ids = torch.tensor([[where[c] for c in caps] + [0] * (most - len(caps)) for caps in data.captions])
+        counts = torch.tensor([len(c) for c in data.captions])
+        self._train_cache = {"mean": mean, "logvar": logvar, "states": states.to(device), "masks": masks.to(device),
+                             "ids": ids.to(device), "counts": counts.to(device)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        cache = self._train_cache
+        if cache is None:
+            raise GmkitError("ldm training needs prepare_training(data) first")
+        idx = batch["index"].to(cache["mean"].device)
+        b = idx.shape[0]
+        device = cache["mean"].device
+        z0 = self.to_latents(cache["mean"][idx], cache["logvar"][idx])
+        pick = (torch.rand(b, device=device) * cache["counts"][idx]).long()  # one caption variant per image
+        cid = cache["ids"][idx, pick]
+        cid = torch.where(torch.rand(b, device=device) < self.config.caption_dropout, torch.zeros_like(cid), cid)
+        context, mask = cache["states"][cid], cache["masks"][cid]
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=device)
+        eps = torch.randn_like(z0)
+        a = self.alphas_cumprod.to(device, torch.float32)[t].view(b, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        pred = self.unet(zt.contiguous(memory_format=torch.channels_last), t, context=context, context_mask=mask)
+        target = eps if self.config.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
+        return {"loss": F.mse_loss(pred.float(), target)}
+
+    # -- prompts -----------------------------------------------------------------------------
+    def prompt_warnings(self, prompts: list[str]) -> list[str]:
+        """What the user should know about these prompts (the text encoder reads a limited length)."""
+        out = []
+        for p in prompts:
+            n = self.text.token_count(p)
+            if n > self.text.max_length:
+                out.append(f"prompt truncated to the text encoder's {self.text.max_length} tokens (it has {n}): {p[:50]!r}...")
+        return out
+
+    def prompt_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = self.text.encode(prompts)
+        return states.to(self.device), mask.to(self.device)
+
+    def conditioned_eps(self, n: int, device, guidance: float | None = None, prompt=None, negative_prompt=None,
+                        class_label=None, **_: Any):
+        """eps(x, t) for a prompt (one, or one per image) with classifier-free guidance.
+
+        The unconditional branch reads the negative prompt, or "" (what caption dropout trained).
+        """
+        if class_label is not None:
+            raise GmkitError("ldm models take --prompt, not --class")
+        prompts = _per_image(prompt, n)
+        negatives = _per_image(negative_prompt, n)
+        g = self.default_guidance if guidance is None else guidance
+        dtype = next(self.unet.parameters()).dtype
+        acp = self.alphas_cumprod
+        states, mask = self.prompt_states(prompts + negatives)  # one call: both padded alike
+        cond, uncond = states[:n].to(dtype), states[n:].to(dtype)
+        mcond, muncond = mask[:n], mask[n:]
+        guided = g != 1.0
+
+        def net(x, t_vec, ctx, m):
+            return self.unet(x.to(dtype).contiguous(memory_format=torch.channels_last), t_vec, context=ctx,
+                             context_mask=m).float()
+
+        def eps(x: torch.Tensor, t) -> torch.Tensor:
+            if torch.is_tensor(t):  # fractional timesteps, one per sample (the score-view samplers)
+                t_vec = t.to(x.device, torch.float32)
+            else:
+                t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            if guided:
+                out_c, out_u = net(torch.cat([x, x]), torch.cat([t_vec, t_vec]), torch.cat([cond, uncond]),
+                                   torch.cat([mcond, muncond])).chunk(2)
+                out = out_u + g * (out_c - out_u)  # Ho & Salimans 2022
+            else:
+                out = net(x, t_vec, cond, mcond)
+            if self.config.prediction_type == "v_prediction":
+                if torch.is_tensor(t):
+                    raise GmkitError("the score-view samplers do not support v-prediction latent models yet")
+                a = float(acp[t])
+                out = a ** 0.5 * out + (1 - a) ** 0.5 * x
+            return out
+
+        return eps
+
+    # -- sampling ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def sample(self, noise: list[torch.Generator], prompt=None, negative_prompt=None, **options: Any) -> torch.Tensor:
+        """Images in [-1, 1] for ``prompt`` (a string, or one per image; None or "" = unconditional)."""
+        options.setdefault("sampler", "ddim")
+        image, mask = options.get("image"), options.get("mask")
+        if image is not None:  # img2img / inpainting (diffusion/editing.py) on the image's latents
+            image = image.to(self.device, torch.float32)
+            if options.get("strength") == 0 and mask is None:
+                return image.expand(len(noise), -1, -1, -1).clone()  # strength 0: the input itself, not its decoding
+            options["image"] = self.encode(image)["latents"]
+        z = super().sample(noise, prompt=prompt, negative_prompt=negative_prompt, **options)
+        out = self.from_latents(z.to(next(self.autoencoder.parameters()).dtype)).float().clamp(-1, 1)
+        if image is not None and mask is not None:  # the known pixels exactly, not their decoding
+            m = mask.to(out.device, out.dtype)
+            out = m * out + (1 - m) * image
+        return out
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        """The autoencoder's (scaled) latents: what the UNet denoises."""
+        mean, _ = self.autoencoder.vae.encode(x.to(self.device, next(self.autoencoder.parameters()).dtype))
+        return {"latents": self.to_latents(mean.float())}
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor, **_: Any) -> torch.Tensor:
+        shape = self.sample_shape
+        if z.ndim != 4 or tuple(z.shape[1:]) != shape:
+            raise GmkitError(f"ldm decode: latents of shape {tuple(z.shape)}, this model needs (N, {', '.join(map(str, shape))})")
+        if not bool(torch.isfinite(z).all()):
+            raise GmkitError("ldm decode: the latents hold NaN or infinite values")
+        return self.from_latents(z.to(self.device, next(self.autoencoder.parameters()).dtype)).float().clamp(-1, 1)
+
+    def latent_description(self) -> dict[str, Any]:
+        c, s, _ = self.sample_shape
+        return {"kind": "continuous", "shape": [c, s, s], "text": f"autoencoder latent {c}x{s}x{s}"}
+
+
+def _per_image(prompt, n: int) -> list[str]:
+    """A prompt for each of n images: one string for all, a list cycled, None as ""."""
+    if prompt is None:
+        return [""] * n
+    if isinstance(prompt, str):
+        return [prompt] * n
+    prompts = list(prompt)
+    if not prompts:
+        return [""] * n
+    return [prompts[i % len(prompts)] for i in range(n)]

@@ -1,0 +1,133 @@
+"""What ``gmkit push`` uploads: a trained checkpoint, a sample grid and a generated model card.
+
+``prepare(run, repo, folder)`` writes the upload folder (the whole of a dry run); ``upload`` sends
+it to the Hugging Face Hub with huggingface_hub. The card is built from the checkpoint's own
+metadata (family, config, recipe), so it describes exactly the file next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from .checkpoint import read_metadata
+from .errors import GmkitError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def checkpoint_of(run: str) -> Path:
+    """The model file of a run folder (its model.safetensors) or a checkpoint file given directly."""
+    path = Path(run)
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise GmkitError(f"{run}: not a run folder (it has no model.safetensors)")
+        return path / "model.safetensors"
+    if path.is_file() and path.suffix == ".safetensors":
+        return path
+    raise GmkitError(f"{run}: no such run folder or .safetensors checkpoint")
+
+
+def _latest_preview(run: Path) -> Path | None:
+    grids = sorted((run / "samples").glob("step_*.png")) if (run / "samples").is_dir() else []
+    return grids[-1] if grids else None
+
+
+def _fresh_grid(ckpt: Path, out: Path, n: int = 16) -> None:
+    """Sample a grid with the family's quick preview options, seeds 0..n-1, on the CPU."""
+    import torch
+
+    from .imageio import save_images
+    from .registry import load
+
+    net, _ = load(str(ckpt))
+    with torch.inference_mode():
+        x = net.sample([torch.Generator().manual_seed(i) for i in range(n)], **net.preview_options)
+    save_images(x, str(out))
+
+
+def model_card(repo: str, meta: dict, has_grid: bool) -> str:
+    family = meta.get("gmkit.family", "?")
+    recipe = json.loads(meta.get("gmkit.recipe", "{}") or "{}")
+    config = json.loads(meta.get("gmkit.config", "{}") or "{}")
+    data = recipe.get("data") or "unknown"
+    tags = ["gmkit", family, "generative-model"]
+    lines = ["---", "library_name: gmkit", "tags:"] + [f"- {t}" for t in tags]
+    if recipe.get("data_license"):
+        lines.append("license: other")
+    lines += ["---", "", f"# {repo.split('/')[-1]}", "",
+              f"A **{family}** model trained with gmkit on **{data}**."]
+    if recipe.get("data_note"):
+        lines += ["", f"Data: {recipe['data_note']}"]
+    if recipe.get("data_license"):
+        lines += ["", f"Data license: {recipe['data_license']}"]
+    if has_grid:
+        lines += ["", "![samples](samples.png)", "", "Samples with seeds 0 to 15 (image i from seed i)."]
+    lines += ["", "## Sample it", "", "```bash", "pip install gmkit",
+              f"gmkit sample {repo} -n 16 --seed 0 --out samples.png", "```", "", "or in Python:", "", "```python",
+              "from gmkit.registry import load", "import torch", "",
+              f'model, _ = load("{repo}")',
+              "images = model.sample([torch.Generator().manual_seed(i) for i in range(16)])  # in [-1, 1]",
+              "```", "", "## Training recipe", ""]
+    rows = [("command", recipe.get("command")), ("steps", recipe.get("step")), ("parameters", recipe.get("params")),
+            ("training images", recipe.get("train_images")), ("image size", recipe.get("image_size")),
+            ("device", recipe.get("device")), ("processes", recipe.get("world_size")), ("torch", recipe.get("torch")),
+            ("gmkit", meta.get("gmkit.version")), ("autoencoder", recipe.get("autoencoder"))]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rows if v not in (None, "")]
+    if recipe.get("earlier_commands"):
+        lines += ["", "Resumed from: " + "; ".join(f"`{c}`" for c in recipe["earlier_commands"])]
+    lines += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", "",
+              "The weights are one self-describing `model.safetensors`: its metadata holds this config, the family "
+              "name and the recipe above.", ""]
+    return "\n".join(lines)
+
+
+def prepare(run: str, repo: str, folder: Path, replace: bool = False) -> list[str]:
+    """Write the upload folder: model.safetensors, README.md (model card), samples.png, config.json.
+
+    ``replace``: an existing folder (gmkit's own default location) is written afresh.
+    """
+    if not REPO_ID.match(repo):
+        raise GmkitError(f"{repo!r}: expected a Hub repo id like yourname/gmkit-mnist-ddpm")
+    ckpt = checkpoint_of(run)
+    meta = read_metadata(ckpt)
+    if not meta.get("gmkit.family"):
+        raise GmkitError(f"{ckpt}: not a gmkit checkpoint (no gmkit.family in its metadata)")
+    folder = Path(folder)
+    if replace and folder.is_dir():
+        shutil.rmtree(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise GmkitError(f"{folder}: already exists and is not empty; remove it or give another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ckpt, folder / "model.safetensors")
+    preview = _latest_preview(ckpt.parent)
+    if preview is not None:
+        shutil.copyfile(preview, folder / "samples.png")
+    else:
+        _fresh_grid(ckpt, folder / "samples.png")
+    (folder / "config.json").write_text(json.dumps({"gmkit.family": meta["gmkit.family"],
+                                                    "config": json.loads(meta.get("gmkit.config", "{}"))}, indent=2) + "\n")
+    (folder / "README.md").write_text(model_card(repo, meta, has_grid=True))
+    return sorted(p.name for p in folder.iterdir())
+
+
+def upload(folder: Path, repo: str, private: bool = False, message: str | None = None) -> str:
+    """Create the repo if needed and upload the folder in one commit; returns the repo's URL."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise GmkitError("HF_HUB_OFFLINE is set: cannot upload (use --dry-run to write the folder only)")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=message or "Upload gmkit model")
+    except HfHubHTTPError as e:
+        raise GmkitError(f"{repo}: upload failed ({str(e).splitlines()[0]}); log in with `hf auth login`") from None
+    except OSError as e:
+        raise GmkitError(f"{repo}: upload failed ({e})") from None
+    return str(url)
