@@ -66,7 +66,7 @@ def test_sdedit_and_repaint_with_a_perfect_model():
     assert torch.allclose(out, target, atol=1e-4)  # SDEdit lands on the model's data
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 4:] = 1
-    step = editing.ddpm_step(_oracle(target), ACP, gens)
+    step = samplers.ddpm_step(_oracle(target), ACP, gens)
     out = editing.repaint(step, samplers.randn((2, 1, 8, 8), gens, "cpu"), image, mask, ts, ACP, gens, jump=3, resample=3)
     assert torch.equal(out[..., :4], image[..., :4])  # the known region exactly
     assert torch.allclose(out[..., 4:], target[..., 4:], atol=1e-4)  # the hole from the model

@@ -16,14 +16,12 @@ Masks here are 1 where the model generates ("fill"), 0 where the image is kept.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .samplers import Callback, EpsFn, Noise, _alpha, predict_x0, randn
-
-StepFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (x_t, t, t_prev) -> x_{t_prev}
+from .samplers import Callback, Noise, StepFn, _alpha, randn
 
 
 def strength_timesteps(timesteps: Sequence[int], strength: float) -> list[int]:
@@ -50,39 +48,6 @@ def renoise(x: torch.Tensor, t: int, t_next: int, alphas_cumprod: torch.Tensor, 
     a = a_t, a' = a_{t_next} (the forward chain composed; RePaint section 4.2, eq. 8 for one step)."""
     ratio = _alpha(alphas_cumprod, t_next) / _alpha(alphas_cumprod, t)
     return ratio ** 0.5 * x + (1 - ratio) ** 0.5 * randn(x.shape, noise, x.device, x.dtype)
-
-
-def ddpm_step(eps: EpsFn, alphas_cumprod: torch.Tensor, noise: Noise = None, clip: bool = True) -> StepFn:
-    """One ancestral DDPM step t -> t_prev (the step of ``samplers.ddpm``, Ho et al. 2020 eq. 6-7)."""
-
-    def step(x: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
-        a_t, a_prev = _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev)
-        beta = 1 - a_t / a_prev
-        x0 = predict_x0(x, eps(x, t), a_t)
-        if clip:
-            x0 = x0.clamp(-1, 1)
-        mean = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
-        if t_prev < 0:
-            return mean
-        return mean + (beta * (1 - a_prev) / (1 - a_t)) ** 0.5 * randn(x.shape, noise, x.device, x.dtype)
-
-    return step
-
-
-def ddim_step(eps: EpsFn, alphas_cumprod: torch.Tensor, eta: float = 0.0, noise: Noise = None, clip: bool = True) -> StepFn:
-    """One DDIM step t -> t_prev (the step of ``samplers.ddim``, Song et al. 2021 eq. 12 and 16)."""
-
-    def step(x: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
-        a_t, a_prev = _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev)
-        e = eps(x, t)
-        x0 = predict_x0(x, e, a_t)
-        if clip:
-            x0 = x0.clamp(-1, 1)
-        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
-        x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * e
-        return x + sigma * randn(x.shape, noise, x.device, x.dtype) if sigma > 0 else x
-
-    return step
 
 
 def repaint_schedule(n: int, jump: int = 10, resample: int = 10) -> list[int]:

@@ -43,46 +43,42 @@ def predict_x0(x: torch.Tensor, eps: torch.Tensor, a_t: float) -> torch.Tensor:
     return (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
 
 
-def ddpm(eps: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
-         noise: Noise = None, clip: bool = True, callback: Callback = None) -> torch.Tensor:
-    """Ancestral sampling of DDPM (Ho et al. 2020, Algorithm 2), on any subsequence of timesteps.
+StepFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (x_t, t, t_prev) -> x_{t_prev}
 
-    Each step draws x_{t'} from the posterior q(x_{t'} | x_t, x_0) with x_0 predicted from eps
-    (eq. 6-7, with beta recomputed for the gap t -> t', as in Nichol & Dhariwal 2021 section 4),
-    variance fixed to the posterior's ("fixed small").
+
+def ddpm_step(eps: EpsFn, alphas_cumprod: torch.Tensor, noise: Noise = None, clip: bool = True) -> StepFn:
+    """One ancestral DDPM step t -> t' (t' = -1: the clean image), Ho et al. 2020 eq. 6-7.
+
+    Draws x_{t'} from the posterior q(x_{t'} | x_t, x_0) with x_0 predicted from eps, beta
+    recomputed for the gap t -> t' (Nichol & Dhariwal 2021 section 4), variance fixed to the
+    posterior's ("fixed small").
     """
-    ts = list(timesteps)
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+
+    def step(x: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
         a_t, a_prev = _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev)
         beta = 1 - a_t / a_prev
         x0 = predict_x0(x, eps(x, t), a_t)
         if clip:
             x0 = x0.clamp(-1, 1)
         mean = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
-        if t_prev >= 0:
-            var = beta * (1 - a_prev) / (1 - a_t)
-            x = mean + var ** 0.5 * randn(x.shape, noise, x.device, x.dtype)
-        else:
-            x = mean
-        if callback is not None:
-            callback(i, t, x)
-    return x
+        if t_prev < 0:
+            return mean
+        return mean + (beta * (1 - a_prev) / (1 - a_t)) ** 0.5 * randn(x.shape, noise, x.device, x.dtype)
+
+    return step
 
 
-def ddim(eps: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
-         eta: float = 0.0, noise: Noise = None, clip: bool = True, callback: Callback = None,
-         final_alpha: float = 1.0) -> torch.Tensor:
-    """DDIM (Song, Meng & Ermon 2021, eq. 12); eta=0 is deterministic, eta=1 matches DDPM's variance.
+def ddim_step(eps: EpsFn, alphas_cumprod: torch.Tensor, eta: float = 0.0, noise: Noise = None, clip: bool = True,
+              final_alpha: float = 1.0) -> StepFn:
+    """One DDIM step t -> t' (Song, Meng & Ermon 2021, eq. 12); eta=0 deterministic, 1 DDPM's variance.
 
     x_{t'} = sqrt(a_{t'}) x0 + sqrt(1 - a_{t'} - sigma^2) eps + sigma z,
     sigma = eta sqrt((1 - a_{t'}) / (1 - a_t)) sqrt(1 - a_t / a_{t'})   (eq. 16).
-    The last step lands on alpha-bar = ``final_alpha`` (1: a clean image; Stable Diffusion's
-    schedulers use alpha-bar_0, "set_alpha_to_one=False").
+    The last step (t' = -1) lands on alpha-bar = ``final_alpha`` (1: a clean image; Stable
+    Diffusion's schedulers use alpha-bar_0, "set_alpha_to_one=False").
     """
-    ts = list(timesteps)
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+
+    def step(x: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
         a_t = _alpha(alphas_cumprod, t)
         a_prev = _alpha(alphas_cumprod, t_prev) if t_prev >= 0 else final_alpha
         e = eps(x, t)
@@ -91,11 +87,32 @@ def ddim(eps: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: 
             x0 = x0.clamp(-1, 1)
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) ** 0.5
         x = a_prev ** 0.5 * x0 + max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * e
-        if sigma > 0:
-            x = x + sigma * randn(x.shape, noise, x.device, x.dtype)
+        return x + sigma * randn(x.shape, noise, x.device, x.dtype) if sigma > 0 else x
+
+    return step
+
+
+def run_steps(step: StepFn, x: torch.Tensor, timesteps: Sequence[int], callback: Callback = None) -> torch.Tensor:
+    """Apply ``step`` down a noisiest-first list of timesteps, ending on the clean image (t' = -1)."""
+    ts = list(timesteps)
+    for i, t in enumerate(ts):
+        x = step(x, t, ts[i + 1] if i + 1 < len(ts) else -1)
         if callback is not None:
             callback(i, t, x)
     return x
+
+
+def ddpm(eps: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
+         noise: Noise = None, clip: bool = True, callback: Callback = None) -> torch.Tensor:
+    """Ancestral sampling of DDPM (Ho et al. 2020, Algorithm 2), on any subsequence of timesteps."""
+    return run_steps(ddpm_step(eps, alphas_cumprod, noise, clip), x, timesteps, callback)
+
+
+def ddim(eps: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
+         eta: float = 0.0, noise: Noise = None, clip: bool = True, callback: Callback = None,
+         final_alpha: float = 1.0) -> torch.Tensor:
+    """DDIM sampling (Song, Meng & Ermon 2021): ``ddim_step`` down the timesteps."""
+    return run_steps(ddim_step(eps, alphas_cumprod, eta, noise, clip, final_alpha), x, timesteps, callback)
 
 
 def ddim_invert(eps: EpsFn, x0: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,

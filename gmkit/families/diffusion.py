@@ -234,8 +234,9 @@ class Diffusion(Family):
         eps = self.conditioned_eps(n, device, **options)
         if mask is not None:
             m = editing.mask_to(mask.to(device, torch.float32), tuple(shape[-2:])).expand(n, 1, *shape[-2:])
-            step = (editing.ddpm_step(eps, acp, noise, clip) if sampler == "ddpm"
-                    else editing.ddim_step(eps, acp, eta or 0.0, noise, clip))
+            final = 1.0 if getattr(self.config, "set_alpha_to_one", True) else float(acp[0])
+            step = (samplers.ddpm_step(eps, acp, noise, clip) if sampler == "ddpm"
+                    else samplers.ddim_step(eps, acp, eta or 0.0, noise, clip, final))
             for name, v in (("--resample", resample), ("--jump", jump)):
                 if v is not None and v < 1:
                     raise GmkitError(f"{name} must be >= 1, got {v}")
