@@ -15,7 +15,7 @@ import torch
 from gmkit.diffusion import samplers, sde_samplers
 from gmkit.diffusion.ode_likelihood import ode_log_likelihood
 from gmkit.diffusion.schedules import alphas_cumprod, linear_betas, sampling_timesteps
-from gmkit.diffusion.sde import DiscreteSigmas, VESDE, VPSDE, ddpm_denoiser, get_sigmas, karras_sigmas
+from gmkit.diffusion.sde import DiscreteSigmas, VESDE, VPSDE, karras_sigmas
 
 from conftest import run_cli
 
