@@ -165,6 +165,22 @@ def _check(cond: bool, label: str, what: str) -> None:
 
 # -- config translation ---------------------------------------------------------------------------
 
+
+def _attention_levels(c: dict, n: int, where: str, kind: str) -> list[int]:
+    """The levels whose blocks attend (``{kind}DownBlock2D`` / ``{kind}UpBlock2D``), checked to mirror."""
+    down, up = list(c["down_block_types"]), list(c["up_block_types"])
+    if len(down) != n or len(up) != n:
+        raise GmkitError(f"{where}: {len(down)} down and {len(up)} up block types for {n} block_out_channels")
+    for t in down:
+        _check(t in ("DownBlock2D", f"{kind}DownBlock2D"), where, f"down block {t!r}")
+    for t in up:
+        _check(t in ("UpBlock2D", f"{kind}UpBlock2D"), where, f"up block {t!r}")
+    attn = [i for i, t in enumerate(down) if t == f"{kind}DownBlock2D"]
+    attn_up = sorted(n - 1 - j for j, t in enumerate(up) if t == f"{kind}UpBlock2D")
+    _check(attn == attn_up, where, f"attention at down levels {attn} but up levels {attn_up}")
+    return attn
+
+
 def _square(size, label: str, what: str) -> int:
     if isinstance(size, (list, tuple)):
         _check(len(size) == 2 and size[0] == size[1], label, f"{what} {size} (non-square)")
@@ -191,17 +207,8 @@ def unet2d_config(cfg: dict, label: str):
            f"downsample_type={c['downsample_type']!r}/upsample_type={c['upsample_type']!r}")
     chs = [int(x) for x in c["block_out_channels"]]
     _check(c["time_embedding_dim"] in (None, chs[0] * 4), where, f"time_embedding_dim={c['time_embedding_dim']}")
-    down, up = list(c["down_block_types"]), list(c["up_block_types"])
     n = len(chs)
-    if len(down) != n or len(up) != n:
-        raise GmkitError(f"{where}: {len(down)} down and {len(up)} up block types for {n} block_out_channels")
-    for t in down:
-        _check(t in ("DownBlock2D", "AttnDownBlock2D"), where, f"down block {t!r}")
-    for t in up:
-        _check(t in ("UpBlock2D", "AttnUpBlock2D"), where, f"up block {t!r}")
-    attn = [i for i, t in enumerate(down) if t == "AttnDownBlock2D"]
-    attn_up = sorted(n - 1 - j for j, t in enumerate(up) if t == "AttnUpBlock2D")
-    _check(attn == attn_up, where, f"attention at down levels {attn} but up levels {attn_up}")
+    attn = _attention_levels(c, n, where, "Attn")
     groups = int(c["norm_num_groups"])
     _check(c["attn_norm_num_groups"] in (None, groups), where, f"attn_norm_num_groups={c['attn_norm_num_groups']}")
     bad = [ch for ch in chs if ch % groups]
@@ -307,16 +314,7 @@ def unet2d_condition_config(cfg: dict, label: str):
     _check(len(set(layers)) == 1, where, f"layers_per_block varying by block {layers}")
     _check(len(set(depth)) == 1 and isinstance(depth[0], int), where, f"transformer_layers_per_block={depth}")
     _check(isinstance(c["cross_attention_dim"], int), where, f"cross_attention_dim={c['cross_attention_dim']}")
-    down, up = list(c["down_block_types"]), list(c["up_block_types"])
-    if len(down) != n or len(up) != n:
-        raise GmkitError(f"{where}: {len(down)} down and {len(up)} up block types for {n} block_out_channels")
-    for t in down:
-        _check(t in ("DownBlock2D", "CrossAttnDownBlock2D"), where, f"down block {t!r}")
-    for t in up:
-        _check(t in ("UpBlock2D", "CrossAttnUpBlock2D"), where, f"up block {t!r}")
-    attn = [i for i, t in enumerate(down) if t == "CrossAttnDownBlock2D"]
-    attn_up = sorted(n - 1 - j for j, t in enumerate(up) if t == "CrossAttnUpBlock2D")
-    _check(attn == attn_up, where, f"attention at down levels {attn} but up levels {attn_up}")
+    attn = _attention_levels(c, n, where, "CrossAttn")
     # diffusers reads attention_head_dim as the number of heads here (a historical naming).
     heads = per_level(c["num_attention_heads"] or c["attention_head_dim"], "attention heads")
     used = [(chs[i], int(heads[i])) for i in attn] + [(chs[-1], int(heads[-1]))]
