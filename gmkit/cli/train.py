@@ -154,6 +154,7 @@ def train_cmd(
     if world > 1:
         import torch.distributed as dist
 
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
 
 
