@@ -338,11 +338,11 @@ def fit_config_to_data(cfg, ds, conditional: bool):
     import dataclasses
 
 
-    if hasattr(cfg, "fitted"):  # a config that knows how to fit itself (latent diffusion)
-        return cfg.fitted(ds, conditional)
     c, h, w = ds.images.shape[1:]
     if h != w:
         raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
+    if hasattr(cfg, "fitted"):  # a config that knows how to fit itself (latent diffusion, super-resolution)
+        return cfg.fitted(ds, conditional)
     u = getattr(cfg, "unet", None)
     if u is not None:
         k = ds.num_classes if conditional else 0

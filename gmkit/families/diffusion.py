@@ -83,26 +83,32 @@ class Diffusion(Family):
         return torch.where(drop, torch.full_like(labels, k), labels)
 
     # -- sampling -----------------------------------------------------------------------------
-    def eps_fn(self, class_label: torch.Tensor | None = None, guidance: float | None = None):
-        """Adapt the network to ``eps(x, t)``: v-prediction converted, classifier-free guidance applied."""
+    def guided_eps(self, cond: dict, uncond: dict | None = None, guidance: float | None = None):
+        """Adapt the network to ``eps(x, t)``, the one function every sampler calls.
+
+        ``cond`` / ``uncond`` are the UNet's conditioning keyword arguments (class labels, or prompt
+        states); with both and ``guidance`` != 1, classifier-free guidance between them (Ho &
+        Salimans 2022). v-prediction is converted. ``t`` is an integer timestep, or fractional ones,
+        one per sample (the score-SDE adapter, diffusion/sde.py).
+        """
         acp = self.alphas_cumprod
         dtype = next(self.unet.parameters()).dtype
+        guided = uncond is not None and guidance is not None and guidance != 1.0
+        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond} if guided else None
 
-        def net(x, t_vec, labels):
-            return self.unet(x.to(dtype).contiguous(memory_format=torch.channels_last), t_vec, labels).float()
+        def net(x, t_vec, kwargs):
+            return self.unet(x.to(dtype).contiguous(memory_format=torch.channels_last), t_vec, **kwargs).float()
 
         def eps(x: torch.Tensor, t) -> torch.Tensor:
-            if torch.is_tensor(t):  # fractional timesteps, one per sample (the score-SDE adapter, diffusion/sde.py)
+            if torch.is_tensor(t):
                 t_vec = t.to(x.device, torch.float32)
             else:
                 t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            if class_label is not None and guidance is not None and guidance != 1.0:
-                null = torch.full_like(class_label, self.config.unet.num_classes)
-                out = net(torch.cat([x, x]), torch.cat([t_vec, t_vec]), torch.cat([class_label, null]))
-                cond, uncond = out.chunk(2)
-                out = uncond + guidance * (cond - uncond)  # Ho & Salimans 2022
+            if guided:
+                out_c, out_u = net(torch.cat([x, x]), torch.cat([t_vec, t_vec]), both).chunk(2)
+                out = out_u + guidance * (out_c - out_u)
             else:
-                out = net(x, t_vec, class_label)
+                out = net(x, t_vec, cond)
             if self.config.prediction_type == "v_prediction":
                 if torch.is_tensor(t):  # a_t interpolated between the neighbouring integer timesteps
                     lo = t_vec.floor().long().clamp(0, len(acp) - 2)
@@ -114,6 +120,13 @@ class Diffusion(Family):
             return out
 
         return eps
+
+    def eps_fn(self, class_label: torch.Tensor | None = None, guidance: float | None = None):
+        """``eps(x, t)`` for a class (or none); guidance against the reserved "no label" class."""
+        if class_label is None:
+            return self.guided_eps({})
+        null = torch.full_like(class_label, self.config.unet.num_classes)
+        return self.guided_eps({"class_labels": class_label}, {"class_labels": null}, guidance)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

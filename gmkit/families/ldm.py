@@ -64,9 +64,7 @@ class LDMConfig:
 
     def fitted(self, ds, conditional: bool) -> "LDMConfig":
         """This config fitted to a data set: image channels and size (the UNet follows the autoencoder)."""
-        c, h, w = ds.images.shape[1:]
-        if h != w:
-            raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
+        c, h, _ = ds.images.shape[1:]  # square: fit_config_to_data checked
         if conditional:
             raise GmkitError("ldm is conditioned on captions, not classes; drop --conditional")
         if ds.captions is None:
@@ -223,36 +221,10 @@ class LDM(Diffusion):
         prompts = _per_image(prompt, n)
         negatives = _per_image(negative_prompt, n)
         g = self.default_guidance if guidance is None else guidance
-        dtype = next(self.unet.parameters()).dtype
-        acp = self.alphas_cumprod
         states, mask = self.prompt_states(prompts + negatives)  # one call: both padded alike
-        cond, uncond = states[:n].to(dtype), states[n:].to(dtype)
-        mcond, muncond = mask[:n], mask[n:]
-        guided = g != 1.0
-
-        def net(x, t_vec, ctx, m):
-            return self.unet(x.to(dtype).contiguous(memory_format=torch.channels_last), t_vec, context=ctx,
-                             context_mask=m).float()
-
-        def eps(x: torch.Tensor, t) -> torch.Tensor:
-            if torch.is_tensor(t):  # fractional timesteps, one per sample (the score-view samplers)
-                t_vec = t.to(x.device, torch.float32)
-            else:
-                t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            if guided:
-                out_c, out_u = net(torch.cat([x, x]), torch.cat([t_vec, t_vec]), torch.cat([cond, uncond]),
-                                   torch.cat([mcond, muncond])).chunk(2)
-                out = out_u + g * (out_c - out_u)  # Ho & Salimans 2022
-            else:
-                out = net(x, t_vec, cond, mcond)
-            if self.config.prediction_type == "v_prediction":
-                if torch.is_tensor(t):
-                    raise GmkitError("the score-view samplers do not support v-prediction latent models yet")
-                a = float(acp[t])
-                out = a ** 0.5 * out + (1 - a) ** 0.5 * x
-            return out
-
-        return eps
+        states = states.to(next(self.unet.parameters()).dtype)
+        return self.guided_eps({"context": states[:n], "context_mask": mask[:n]},
+                               {"context": states[n:], "context_mask": mask[n:]}, g)
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.inference_mode()

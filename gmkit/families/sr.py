@@ -59,9 +59,7 @@ class SRConfig:
 
     def fitted(self, ds, conditional: bool) -> "SRConfig":
         """This config fitted to a data set: channels, training size, and the UNet that follows."""
-        c, h, w = ds.images.shape[1:]
-        if h != w:
-            raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
+        c, h, _ = ds.images.shape[1:]  # square: fit_config_to_data checked
         if conditional:
             raise GmkitError("sr is conditioned on the low-resolution image, not on classes; drop --conditional")
         cfg = dataclasses.replace(self, image_size=h, in_channels=c)

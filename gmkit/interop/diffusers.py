@@ -259,18 +259,25 @@ def scheduler_settings(cls: str, cfg: dict, label: str) -> tuple[dict, dict]:
     return settings, dict(SCHEDULER_SAMPLER.get(cls, FALLBACK_SAMPLER))
 
 
+def _autoencoder_channels(c: dict, where: str) -> list[int]:
+    """The block widths of a VQModel/AutoencoderKL config, after checking its blocks are the plain
+    encoder/decoder ones gmkit implements."""
+    _check(all(t == "DownEncoderBlock2D" for t in c["down_block_types"]), where, f"down blocks {c['down_block_types']}")
+    _check(all(t == "UpDecoderBlock2D" for t in c["up_block_types"]), where, f"up blocks {c['up_block_types']}")
+    _check(c["act_fn"] in ("silu", "swish"), where, f"act_fn={c['act_fn']!r}")
+    chs = [int(x) for x in c["block_out_channels"]]
+    if len(c["down_block_types"]) != len(chs) or len(c["up_block_types"]) != len(chs):
+        raise GmkitError(f"{where}: block types and block_out_channels differ in length")
+    return chs
+
+
 def vqmodel_config(cfg: dict, label: str):
     from ..nn.autoencoder_vq import VQModelConfig
 
     c = {**VQMODEL_DEFAULTS, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
     where = f"{label} vqvae"
-    _check(all(t == "DownEncoderBlock2D" for t in c["down_block_types"]), where, f"down blocks {c['down_block_types']}")
-    _check(all(t == "UpDecoderBlock2D" for t in c["up_block_types"]), where, f"up blocks {c['up_block_types']}")
-    _check(c["act_fn"] in ("silu", "swish"), where, f"act_fn={c['act_fn']!r}")
+    chs = _autoencoder_channels(c, where)
     _check(c["norm_type"] == "group", where, f"norm_type={c['norm_type']!r}")
-    chs = [int(x) for x in c["block_out_channels"]]
-    if len(c["down_block_types"]) != len(chs) or len(c["up_block_types"]) != len(chs):
-        raise GmkitError(f"{where}: block types and block_out_channels differ in length")
     config = VQModelConfig(in_channels=int(c["in_channels"]), out_channels=int(c["out_channels"]),
                            latent_channels=int(c["latent_channels"]), block_out_channels=chs,
                            layers_per_block=int(c["layers_per_block"]), norm_num_groups=int(c["norm_num_groups"]),
@@ -347,16 +354,11 @@ def autoencoder_kl_config(cfg: dict, label: str):
 
     c = {**AUTOENCODER_KL_DEFAULTS, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
     where = f"{label} vae"
-    _check(all(t == "DownEncoderBlock2D" for t in c["down_block_types"]), where, f"down blocks {c['down_block_types']}")
-    _check(all(t == "UpDecoderBlock2D" for t in c["up_block_types"]), where, f"up blocks {c['up_block_types']}")
-    _check(c["act_fn"] in ("silu", "swish"), where, f"act_fn={c['act_fn']!r}")
+    chs = _autoencoder_channels(c, where)
     for key in ("shift_factor", "latents_mean", "latents_std"):
         _check(c[key] is None, where, f"{key}={c[key]!r}")
     _check(c["use_quant_conv"] and c["use_post_quant_conv"], where, "an autoencoder without quant convolutions")
     _check(c["in_channels"] == c["out_channels"], where, f"in_channels={c['in_channels']} != out_channels={c['out_channels']}")
-    chs = [int(x) for x in c["block_out_channels"]]
-    if len(c["down_block_types"]) != len(chs) or len(c["up_block_types"]) != len(chs):
-        raise GmkitError(f"{where}: block types and block_out_channels differ in length")
     config = AutoencoderKLConfig(in_channels=int(c["in_channels"]), out_channels=int(c["out_channels"]),
                                  latent_channels=int(c["latent_channels"]), block_out_channels=chs,
                                  layers_per_block=int(c["layers_per_block"]), norm_num_groups=int(c["norm_num_groups"]),
