@@ -71,18 +71,9 @@ def sample_options(net, defaults: dict, sampler: str | None, steps: int | None) 
         opts.pop("sampler", None)
         opts.pop("steps", None)
         return opts, 1, False
-    if sampler:
-        opts["sampler"] = sampler
-    if steps:
-        opts["steps"] = steps
-    opts.setdefault("sampler", getattr(net, "default_sampler", "ddpm"))
-    from .diffusion import sde_samplers
-
-    if opts["sampler"] in sde_samplers.SAMPLERS:  # score-view samplers: steps are noise levels, calls differ
-        opts["steps"] = opts.get("steps") or sde_samplers.DEFAULT_STEPS[opts["sampler"]]
-        return opts, sde_samplers.network_calls(opts["sampler"], opts["steps"]), True
-    opts["steps"] = opts.get("steps") or (net.config.num_train_timesteps if opts["sampler"] == "ddpm" else 50)
-    return opts, opts["steps"], True
+    plan = net.sampling_plan(sampler or opts.get("sampler"), steps or opts.get("steps"))
+    opts.update(sampler=plan.sampler, steps=plan.steps)
+    return opts, plan.network_calls, True
 
 
 def generators(start: int, count: int) -> list[torch.Generator]:
@@ -133,8 +124,9 @@ def bench_one(model: str, steps: int | None, batch: int, device: torch.device, d
     opts, calls, applicable = sample_options(net, src.defaults, sampler, steps)
     flops = count_flops(net, opts, calls)
     compiled = False
-    if compile and hasattr(net, "unet"):
-        net.unet = torch.compile(net.unet)
+    if compile:
+        for module in net.sampling_networks():
+            module.compile()
         compiled = True
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

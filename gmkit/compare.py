@@ -9,7 +9,6 @@ self-contained index.html.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import platform
@@ -23,7 +22,7 @@ import torch
 
 from . import __version__
 from .errors import GmkitError
-from .families.base import CLASS_COND, DECODE, ENCODE, LIKELIHOOD, STEPS
+from .families.base import DECODE, ENCODE, LIKELIHOOD, STEPS
 
 # What the textbook says (DESIGN.md section 1), per family, printed beside the measurements.
 TEXTBOOK = {
@@ -87,38 +86,30 @@ def _images_folder(source: str) -> bool:
 
 def describe_latent(net, real: torch.Tensor, labels: torch.Tensor | None) -> dict:
     """Kind and size of a family's latent space: its own hook, else inferred from config and encode."""
-    hook = getattr(net, "latent_description", None)
-    described = hook() if callable(hook) else None
+    described = net.latent_description()
     if described:
         return {"text": described.get("text", str(described)), **described}
-    cfg = net.config
     if STEPS in net.capabilities:
         shape = list(net.image_shape)
         return {"kind": "none", "shape": shape,
                 "text": f"none: works in data space (DDIM inversion maps an image to {'x'.join(map(str, shape))} noise)"}
     if ENCODE in net.capabilities:
-        kwargs = {"class_label": labels[:2]} if CLASS_COND in net.capabilities and labels is not None \
-            and getattr(cfg, "num_classes", 0) else {}
+        kwargs = {"class_label": labels[:2]} if net.num_classes and labels is not None else {}
         try:
             enc = net.encode(real[:2].to(net.device), **kwargs)
         except GmkitError as e:
             return na(f"encode failed: {e}")
-        key = getattr(net, "latent_key", None) or next(iter(enc))
+        key = net.latent_key or next(iter(enc))
         z = enc[key]
         shape = list(z.shape[1:])
         size = math.prod(shape)
         dims = math.prod(net.image_shape)
         if not z.is_floating_point():
-            k = getattr(cfg, "num_codes", None) or getattr(cfg, "codebook_size", None)
-            return {"kind": "discrete", "shape": shape, "codebook": k,
-                    "text": f"discrete: {'x'.join(map(str, shape))} codes" + (f" from a {k}-entry codebook" if k else "")}
-        if LIKELIHOOD in net.capabilities and DECODE in net.capabilities and size == dims and not hasattr(cfg, "latent_dim"):
+            return {"kind": "discrete", "shape": shape, "text": f"discrete: {'x'.join(map(str, shape))} codes"}
+        if LIKELIHOOD in net.capabilities and DECODE in net.capabilities and size == dims:
             return {"kind": "exact", "shape": shape, "text": f"exact (invertible): {size}-d = data dimension"}
         return {"kind": "continuous", "shape": shape,
                 "text": f"continuous: {size}-d" + (" Gaussian posterior" if "logvar" in enc else "")}
-    if hasattr(cfg, "latent_dim"):
-        return {"kind": "continuous", "shape": [cfg.latent_dim],
-                "text": f"continuous: {cfg.latent_dim}-d generator input (no encoder)"}
     return {"kind": "none", "shape": None, "text": "none declared"}
 
 
@@ -231,14 +222,13 @@ def find_log(source: str, meta: dict, overrides: dict[str, str]) -> tuple[list[d
 
 
 def likelihood(net, data, n: int) -> dict:
-    if LIKELIHOOD not in net.capabilities or not callable(getattr(net, "bits_per_dim", None)):
-        return na(NO_LIKELIHOOD.get(net.name, f"{net.name} declares no likelihood capability"))
+    if LIKELIHOOD not in net.capabilities:
+        return na(net.no_likelihood or f"{net.name} declares no likelihood capability")
     # Diffusion / score models integrate the probability-flow ODE (~50 network calls and backward
     # passes per image): compare evaluates fewer images for them (their ``compare_likelihood_images``).
-    x = data.images[:min(n, getattr(net, "compare_likelihood_images", n))]
+    x = data.images[:min(n, net.compare_likelihood_images or n)]
     kwargs = {}
-    params = inspect.signature(net.bits_per_dim).parameters
-    if "labels" in params and getattr(net.config, "num_classes", 0):
+    if net.num_classes:
         if data.labels is None:
             return na("class-conditional model and the data has no labels")
         kwargs["labels"] = data.labels[:n]
@@ -436,7 +426,7 @@ def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
             continue
         done.add(ckpt)
         for st in s.sweep_steps:
-            sweep_sampler = getattr(net, "sweep_sampler", "ddim")  # score models have no ddim: heun
+            sweep_sampler = net.sweep_sampler  # score models have no ddim: heun
             opts = {**c.opts, "sampler": sweep_sampler, "steps": st}
             opts.pop("eta", None)
             say(f"gmkit: compare {c.source}: quality at {sweep_sampler} {st} steps ({s.sweep_samples} samples) ...")
@@ -450,12 +440,12 @@ def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
 def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say) -> dict:
     """Train ``s.seeds`` short runs per family (default config, --train-steps) and score each."""
     from .bench import generate, sample_options
-    from .train import fit_config_to_data
-    from .config import from_dict, to_dict
+    from .config import TrainConfig, from_dict, to_dict
     from .data import load_data
     from .families import get_family
+    from .families.base import TrainSetup
+    from .loop import train
     from .registry import load
-    from .train import TrainConfig, train
 
     results: dict[str, dict] = {}
     ds = load_data(s.data, "train")
@@ -467,9 +457,8 @@ def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say) -> dic
         for seed in range(s.seeds):
             out = workdir / f"{c.family}-seed{seed}"
             say(f"gmkit: compare: training {c.family} seed {seed} for {s.train_steps} steps ...")
-            cfg = fit_config_to_data(fam.Config(), ds, False)
-            torch.manual_seed(seed)
-            net = fam(cfg)
+            net, _ = fam.build_for_training(fam.Config(), ds, TrainSetup(out=out, seed=seed, device=dev, data_spec=s.data,
+                                                                         quiet=True))
             tdict = {**to_dict(TrainConfig()), **fam.train_defaults, "steps": s.train_steps, "seed": seed,
                      "log_every": max(1, s.train_steps // 50), "checkpoint_every": 10**9, "preview": 0}
             tcfg = from_dict(TrainConfig, tdict, "train config")

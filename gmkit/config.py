@@ -1,13 +1,34 @@
-"""Config dataclasses <-> JSON, and ``--set key=value`` overrides (dotted keys reach nested configs)."""
+"""Config dataclasses <-> JSON, ``--set key=value`` overrides (dotted keys reach nested configs), and
+the training loop's own config (torch-free, so ``gmkit train --help`` can show its defaults instantly)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import GmkitError
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000  # total optimizer steps (a resumed run continues to this number)
+    batch_size: int = 64  # global batch: split across DDP processes
+    lr: float = 1e-3
+    warmup: int = 200  # linear warm-up steps; constant afterwards (so resume equals one long run)
+    lr_schedule: str = "constant"  # constant | cosine
+    lr_decay_steps: int = 0  # cosine: decay length after warm-up (0 = until --steps)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    preview: int = 16  # images in each checkpoint's sample grid (0 = none)
+    save_dtype: str = "fp32"  # fp32 | fp16 | bf16 for model.safetensors
+    amp: bool = True  # bf16 autocast on CUDA
 
 
 def to_dict(cfg) -> dict:

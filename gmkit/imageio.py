@@ -37,7 +37,8 @@ def make_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndar
     return grid
 
 
-def _pil(arr: np.ndarray):
+def to_pil(arr: np.ndarray):
+    """One (H, W, C) uint8 image as Pillow writes it: greyscale ("L") for one channel, else RGB."""
     from PIL import Image
 
     return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
@@ -45,7 +46,7 @@ def _pil(arr: np.ndarray):
 
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    _pil(arr).save(buf, format="PNG")
+    to_pil(arr).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -83,7 +84,7 @@ def save_images(x: torch.Tensor, out: str, metadata: dict[str, str] | None = Non
         arr = to_uint8(x)[0]
         if kind == "grid":
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-            _pil(arr).save(out)
+            to_pil(arr).save(out)
             return [out]
         sys.stdout.buffer.write(png_bytes(arr))
         sys.stdout.buffer.flush()
@@ -99,14 +100,14 @@ def save_images(x: torch.Tensor, out: str, metadata: dict[str, str] | None = Non
         return [out]
     if kind == "grid":
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        _pil(make_grid(x)).save(out)
+        to_pil(make_grid(x)).save(out)
         return [out]
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, arr in enumerate(to_uint8(x)):
         p = folder / f"{start_index + i:04d}.png"
-        _pil(arr).save(p)
+        to_pil(arr).save(p)
         paths.append(str(p))
     return paths
 
@@ -134,16 +135,20 @@ def open_image(path: str):
 
 def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
     """One image file (or ``-`` for stdin) as (1, C, size, size) in [-1, 1]."""
+    im = open_image(path)
+    if im.size != (size, size):
+        print(f"gmkit: {path}: resized to {size}x{size} for this model", file=sys.stderr)
+    return pil_tensor(im, channels, size)
+
+
+def pil_tensor(im, channels: int, size: int) -> torch.Tensor:
+    """A Pillow image centre-cropped and resized to (1, C, size, size) in [-1, 1]."""
     from PIL import Image, ImageOps
 
-    im = open_image(path)
-    resized = im.size != (size, size)
     im = ImageOps.fit(im.convert("L" if channels == 1 else "RGB"), (size, size), Image.Resampling.LANCZOS)
     arr = np.asarray(im, dtype=np.float32)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if resized:
-        print(f"gmkit: {path}: resized to {size}x{size} for this model", file=sys.stderr)
-    return torch.from_numpy(arr)[None] / 127.5 - 1
+    return torch.from_numpy(arr.copy())[None] / 127.5 - 1
 
 
 def load_image_set(path: str):
@@ -179,30 +184,32 @@ def load_image_set(path: str):
     return x, notes
 
 
-def load_input_image(path: str, channels: int, size_for, quiet: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+def load_input_image(path, channels: int, size_for, quiet: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
     """An ``--image`` for a model, as (1, C, h, w) in [-1, 1], and its original (width, height).
 
-    ``size_for(height, width) -> (h, w)`` is the size the model takes (``Family.input_size``); any
-    other size is resized (centre-cropped if the aspect differs) and said so, as is a colour change.
+    ``path`` is a file, ``-`` (stdin) or a Pillow image. ``size_for(height, width) -> (h, w)`` is the
+    size the model takes (``Family.input_size``); any other size is resized (centre-cropped if the
+    aspect differs) and said so, as is a colour change.
     """
     from PIL import Image, ImageOps
 
-    im = open_image(path)
+    im = path if isinstance(path, Image.Image) else open_image(path)
+    name = "the image" if isinstance(path, Image.Image) else path
     original = im.size
     h, w = size_for(im.height, im.width)
     if im.size != (w, h):
         crop = abs(im.width / im.height - w / h) > 0.01
-        _note(f"{path}: {im.width}x{im.height} image {'centre-cropped and ' if crop else ''}resized to {w}x{h} for this model", quiet)
+        _note(f"{name}: {im.width}x{im.height} image {'centre-cropped and ' if crop else ''}resized to {w}x{h} for this model", quiet)
     grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
     if channels == 1 and not grey:
-        _note(f"{path}: colour image converted to greyscale for this model", quiet)
+        _note(f"{name}: colour image converted to greyscale for this model", quiet)
     im = ImageOps.fit(im.convert("L" if channels == 1 else "RGB"), (w, h), Image.Resampling.LANCZOS)
     arr = np.asarray(im, dtype=np.float32)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy())[None] / 127.5 - 1, original
 
 
-def load_mask(path: str, image_size: tuple[int, int], size: tuple[int, int], quiet: bool = False) -> torch.Tensor:
+def load_mask(path, image_size: tuple[int, int], size: tuple[int, int], quiet: bool = False) -> torch.Tensor:
     """An inpainting mask as (1, 1, h, w) of 0/1, 1 = generate: white (grey >= 50%) is filled, black kept.
 
     A mask of another size than the image (``image_size``, width x height as read) is resized to
@@ -210,7 +217,7 @@ def load_mask(path: str, image_size: tuple[int, int], size: tuple[int, int], qui
     """
     from PIL import Image, ImageOps
 
-    im = open_image(path).convert("L")
+    im = (path if isinstance(path, Image.Image) else open_image(path)).convert("L")
     arr = np.asarray(im)
     grey = float(((arr > 0) & (arr < 255)).mean())
     if grey > 0.01:

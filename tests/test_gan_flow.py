@@ -102,7 +102,7 @@ def test_flow_bits_per_dim_is_finite_and_counts_dequantization():
 
 def test_gan_train_step_updates_both_networks_and_the_ema():
     from gmkit.families.gan import GAN, GANConfig
-    from gmkit.train import EMA
+    from gmkit.loop import EMA
 
     torch.manual_seed(0)
     m = GAN(GANConfig(image_size=8, latent_dim=8, g_channels=[16, 8], d_channels=[8, 16], diversity_every=1)).train()

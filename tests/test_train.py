@@ -101,7 +101,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["step"] == 4
     assert summary["ranks_agree"] is True  # DDP kept every rank's weights identical
-    from gmkit.train import state_digest
+    from gmkit.loop import state_digest
 
     state = load_file(out / "train_state.safetensors")
     saved = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import typer
 
+from ..devices import resolve_device, resolve_dtype  # noqa: F401 (the commands import them from here)
+
 
 @dataclass
 class _State:
@@ -30,8 +32,27 @@ def emit_json(obj) -> None:
     sys.stdout.flush()
 
 
+# Settings whose flag is not simply --setting-name (library errors name settings; see errors.OptionError).
+FLAGS = {"class_label": "--class", "n": "-n", "num_images": "-n", "json": "--json", "overrides": "--set"}
+
+
+def flag(setting: str) -> str:
+    """The command-line flag of a library setting: ``class_label`` -> ``--class``, ``steps`` -> ``--steps``."""
+    return FLAGS.get(setting, "--" + setting.replace("_", "-"))
+
+
+def error_line(e: Exception) -> str:
+    from ..errors import OptionError
+
+    return e.render(flag) if isinstance(e, OptionError) else str(e)
+
+
 def run_app(app: typer.Typer) -> None:
-    """Run the app; user errors become one line on stderr and exit code 2 (tracebacks with --debug)."""
+    """Run the app. Exit codes: 0 success; 2 a user error (one line on stderr: a bad option, model, file or
+    value, or a training run stopped by its family); 1 an internal error; 130 interrupted (Ctrl-C). Tracebacks
+    only with --debug or GMKIT_DEBUG=1."""
+    import click
+
     from ..errors import GmkitError
 
     try:
@@ -41,62 +62,26 @@ def run_app(app: typer.Typer) -> None:
     except GmkitError as e:
         if STATE.debug:
             traceback.print_exc()
-        print(f"gmkit: error: {e}", file=sys.stderr)
+        print(f"gmkit: error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("gmkit: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         print("gmkit: aborted", file=sys.stderr)
         sys.exit(1)
-    except Exception as e:  # usage errors (Typer's click) and unexpected failures
-        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
-            sys.exit(e.exit_code)
+    except click.exceptions.ClickException as e:  # usage errors: one line, as every other error
+        path = e.ctx.command_path if isinstance(e, click.UsageError) and e.ctx is not None else "gmkit"
+        where = f" (see {path} --help)"
+        print(f"gmkit: error: {e.format_message()}{where}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except Exception as e:  # unexpected failures
         if STATE.debug:
             raise
         print(f"gmkit: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
-
-
-def resolve_device(name: str):
-    import torch
-
-    from ..errors import GmkitError
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise GmkitError(f"--device {name}: unknown device (auto, cpu, cuda, cuda:N, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GmkitError(f"--device {name}: CUDA is not available on this machine")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise GmkitError(f"--device {name}: MPS is not available on this machine")
-    return dev
-
-
-def resolve_dtype(name: str, device):
-    import torch
-
-    from ..errors import GmkitError
-
-    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in table:
-        raise GmkitError(f"--dtype {name}: unknown (auto, fp32, fp16, bf16)")
-    if table[name] == torch.float16 and device.type == "cpu":
-        raise GmkitError("--dtype fp16 is not supported on the CPU; use fp32 or bf16")
-    return table[name]
 
 
 def positive(name: str, value: int | None) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
 import torch.nn.functional as F
 
@@ -31,8 +29,6 @@ class AugVAEConfig(VAEConfig):
     shift: float = 2.0  # max shift, pixels
     brightness: float = 0.1  # max brightness change (images in [-1, 1])
     contrast: float = 0.2  # max relative contrast change
-    # ``gmkit train`` sets num_classes from the data whether or not --conditional is given.
-    always_conditional: ClassVar[bool] = True
 
 
 def augment(x: torch.Tensor, cfg: AugVAEConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,6 +56,8 @@ class AugVAE(VAE):
     Config = AugVAEConfig
     capabilities = frozenset({SAMPLE, ENCODE, DECODE, LIKELIHOOD, CLASS_COND})
     sample_options = frozenset({"class_label"})
+    # ``gmkit train`` sets num_classes from the data whether or not --conditional is given.
+    class_conditioning = "always"
 
     def __init__(self, config: AugVAEConfig):
         if config.num_classes < 1:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from ..diffusion import samplers, sde_samplers
 from ..diffusion.schedules import alphas_cumprod, make_betas, sampling_timesteps, solver_timesteps
 from ..errors import GmkitError
 from ..nn.unet import UNet, UNetConfig
-from .base import CLASS_COND, ENCODE, LIKELIHOOD, SAMPLE, STEPS, Family
+from .base import CLASS_COND, ENCODE, LIKELIHOOD, SAMPLE, STEPS, DataInfo, Family, SamplingPlan, fit_unet
 from .score import ode_encode, sample_sde
 
 
@@ -44,6 +45,8 @@ class Diffusion(Family):
     likelihood_steps = 32  # Heun steps of the probability-flow ODE for bits/dim (score.py)
     compare_likelihood_images = 64
     preview_options = {"sampler": "ddim", "steps": 50}
+    default_sampler = "ddpm"
+    class_conditioning = "optional"
 
     def __init__(self, config: DiffusionConfig):
         super().__init__(config)
@@ -59,6 +62,23 @@ class Diffusion(Family):
     def image_shape(self):
         u = self.config.unet
         return (u.in_channels, u.sample_size, u.sample_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.unet.num_classes
+
+    @classmethod
+    def fit_config(cls, config, data: DataInfo, conditional: bool):
+        """The UNet fitted to the data: channels in and out, resolution, classes."""
+        return dataclasses.replace(config, unet=fit_unet(config.unet, data, cls.classes_to_train(data, conditional)))
+
+    def sampling_plan(self, sampler: str | None = None, steps: int | None = None) -> SamplingPlan:
+        sampler = sampler or self.default_sampler
+        if sampler in sde_samplers.SAMPLERS:  # the score-view samplers: steps are noise levels
+            steps = steps or sde_samplers.DEFAULT_STEPS[sampler]
+            return SamplingPlan(sampler, steps, sde_samplers.network_calls(sampler, steps))
+        steps = steps or (self.config.num_train_timesteps if sampler == "ddpm" else 50)
+        return SamplingPlan(sampler, steps, steps)
 
     # -- training -----------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -286,10 +306,12 @@ class Diffusion(Family):
         return ddpm_denoiser(self.conditioned_eps(n, self.device, class_label=class_label, guidance=guidance, **options),
                              self.alphas_cumprod)
 
-    def bits_per_dim(self, x: torch.Tensor, steps: int | None = None, batch_size: int = 50, seed: int = 0) -> dict:
+    def bits_per_dim(self, x: torch.Tensor, labels=None, steps: int | None = None, batch_size: int = 50,
+                     seed: int = 0) -> dict:
         """Held-out bits/dim through the probability-flow ODE (uniform dequantization, Hutchinson trace)."""
         from ..diffusion.ode_likelihood import bits_per_dim
 
         if self.config.unet.num_classes > 0:
             raise GmkitError(f"bits/dim of a class-conditional {self.name} model is not implemented (it would need --class)")
         return bits_per_dim(self.denoiser(), x.to(self.device), steps or self.likelihood_steps, batch_size, seed)
+

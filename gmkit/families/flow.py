@@ -328,7 +328,7 @@ class Flow(Family):
         lp = self.log_prob_unit(self.to_unit(x, u)) - self.dims * math.log(self.levels_k)
         return {"log_px": lp}
 
-    def bits_per_dim(self, x: torch.Tensor, batch_size: int = 250, seed: int = 0) -> dict[str, float]:
+    def bits_per_dim(self, x: torch.Tensor, labels=None, steps=None, batch_size: int = 250, seed: int = 0) -> dict[str, float]:
         """Mean negative log-likelihood of images in [-1, 1] in bits per dimension."""
         was = self.training
         self.eval()

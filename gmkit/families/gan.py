@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..diffusion.samplers import randn
-from ..errors import GmkitError
+from ..errors import GmkitError, StopTraining
 from .base import CLASS_COND, SAMPLE, Family
 
 LOSSES = ("hinge", "nonsaturating")
@@ -183,6 +183,8 @@ class GAN(Family):
     sample_options = frozenset({"truncation", "class_label"})
     # DCGAN's recipe: Adam at 2e-4, no warm-up, no gradient clipping; EMA of the generator.
     train_defaults: ClassVar[dict] = {"lr": 2e-4, "warmup": 0, "grad_clip": 0.0, "ema_decay": 0.999}
+    class_conditioning = "optional"
+    no_likelihood = "implicit model: a GAN defines no density to evaluate"
 
     def __init__(self, config: GANConfig):
         super().__init__(config)
@@ -204,8 +206,12 @@ class GAN(Family):
         self._diversity: float | None = None
 
     @property
-    def image_shape(self):
-        return (self.config.in_channels, self.config.image_size, self.config.image_size)
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def latent_description(self) -> dict:
+        d = self.config.latent_dim
+        return {"kind": "continuous", "shape": [d], "text": f"continuous: {d}-d generator input (no encoder)"}
 
     # -- training -----------------------------------------------------------------------------
     def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
@@ -335,7 +341,7 @@ class GAN(Family):
         else:
             self._collapsed_checks = 0
         if self._collapsed_checks >= c.collapse_patience:
-            raise GmkitError(
+            raise StopTraining(
                 f"mode collapse at step {step}: sample diversity {self._diversity:.3f} of the real data's has stayed "
                 f"under collapse_threshold={c.collapse_threshold} for {c.collapse_patience} checks; training stopped "
                 "and the last checkpoint in the run folder is kept. Try a lower --lr, --set r1_gamma=1, or "

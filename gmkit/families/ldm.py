@@ -26,7 +26,7 @@ from ..errors import GmkitError
 from ..nn.text import load_text_encoder
 from ..nn.unet import UNetConfig
 from .autoencoder import Autoencoder, AutoencoderConfig
-from .base import DECODE, ENCODE, SAMPLE, STEPS
+from .base import DECODE, ENCODE, SAMPLE, STEPS, DataInfo, TrainOption, TrainSetup
 from .diffusion import Diffusion
 
 # What the training previews (and `gmkit sample ldm` with no prompt file) show.
@@ -62,17 +62,6 @@ class LDMConfig:
     set_alpha_to_one: bool = True  # DDIM's last step lands on alpha-bar 1 (False: on alpha-bar_0, as SD's schedulers)
     class_dropout: float = 0.0  # unused: the prompt is the condition
 
-    def fitted(self, ds, conditional: bool) -> "LDMConfig":
-        """This config fitted to a data set: image channels and size (the UNet follows the autoencoder)."""
-        c, h, _ = ds.images.shape[1:]  # square: fit_config_to_data checked
-        if conditional:
-            raise GmkitError("ldm is conditioned on captions, not classes; drop --conditional")
-        if ds.captions is None:
-            raise GmkitError(f"--data {ds.name}: ldm needs captioned data (openmoji, mnist-captions, or a folder "
-                             "with metadata.jsonl)")
-        ae = dataclasses.replace(self.autoencoder, in_channels=c, image_size=h)
-        return dataclasses.replace(self, image_size=h, in_channels=c, autoencoder=ae)
-
 
 class LDM(Diffusion):
     name = "ldm"
@@ -85,6 +74,32 @@ class LDM(Diffusion):
                       "warmup": 500}
     default_guidance = 4.0
     latent_key = "latents"  # the tensor ``decode`` reads from an encoded file
+    default_sampler = "ddim"
+    class_conditioning = "never"
+    train_options = {
+        "autoencoder": TrainOption("the first-stage autoencoder (a model source); default: train one into "
+                                   "OUT/autoencoder first", str, applies_to="latent diffusion (ldm)"),
+        "ae_steps": TrainOption("steps of the autoencoder trained when none is given", int, minimum=1,
+                                applies_to="latent diffusion (ldm)"),
+    }
+
+    @classmethod
+    def fit_config(cls, config: LDMConfig, data: DataInfo, conditional: bool) -> LDMConfig:
+        """Image channels and size from the data (the UNet follows the autoencoder in ``__init__``)."""
+        if conditional:
+            raise GmkitError("ldm is conditioned on captions, not classes; drop --conditional")
+        if not data.captioned:
+            raise GmkitError(f"--data {data.name}: ldm needs captioned data (openmoji, mnist-captions, or a folder "
+                             "with metadata.jsonl)")
+        ae = dataclasses.replace(config.autoencoder, in_channels=data.channels, image_size=data.size)
+        return dataclasses.replace(config, image_size=data.size, in_channels=data.channels, autoencoder=ae)
+
+    @classmethod
+    def build_for_training(cls, config: LDMConfig, data, setup: TrainSetup):
+        """Train (into OUT/autoencoder) or load the first stage, then the LDM around it (``ldm_first_stage.py``)."""
+        from .ldm_first_stage import build_with_first_stage
+
+        return build_with_first_stage(cls, config, data, setup)
 
     def __init__(self, config: LDMConfig):
         ae_cfg = dataclasses.replace(config.autoencoder, in_channels=config.in_channels, image_size=config.image_size)

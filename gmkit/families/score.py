@@ -8,6 +8,7 @@ The network is the shared UNet predicting eps = -sigma * score from the input sc
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,9 @@ import torch
 from ..diffusion import samplers, sde_samplers
 from ..diffusion.ode_likelihood import bits_per_dim
 from ..diffusion.sde import c_noise, dsm_loss, make_sde, sde_denoiser
-from ..errors import GmkitError
+from ..errors import GmkitError, OptionError
 from ..nn.unet import UNet, UNetConfig
-from .base import ENCODE, LIKELIHOOD, SAMPLE, STEPS, Family
+from .base import ENCODE, LIKELIHOOD, SAMPLE, STEPS, DataInfo, Family, SamplingPlan, TrainOption, fit_unet
 
 
 @dataclass
@@ -44,6 +45,20 @@ class Score(Family):
     sweep_sampler = "heun"  # compare's quality-vs-steps points
     likelihood_steps = 32  # Heun steps of the ODE for bits/dim
     compare_likelihood_images = 64  # ODE bits/dim costs ~50 network calls + backward passes per image
+    train_options = {"sde": TrainOption("the noise process: ve (NCSN) or vp", str, ("ve", "vp"), config_key="sde",
+                                        applies_to="score models (score)")}
+
+    @classmethod
+    def fit_config(cls, config, data: DataInfo, conditional: bool):
+        return dataclasses.replace(config, unet=fit_unet(config.unet, data, cls.classes_to_train(data, conditional)))
+
+    def sampling_plan(self, sampler: str | None = None, steps: int | None = None) -> SamplingPlan:
+        sampler = sampler or self.default_sampler
+        if sampler not in sde_samplers.SAMPLERS:
+            raise OptionError("sampler", f"{sampler!r} is not a sampler of {self.name} models "
+                                         f"(known: {', '.join(sde_samplers.SAMPLERS)})")
+        steps = steps or sde_samplers.DEFAULT_STEPS[sampler]
+        return SamplingPlan(sampler, steps, sde_samplers.network_calls(sampler, steps))
 
     def __init__(self, config: ScoreConfig):
         super().__init__(config)
@@ -92,7 +107,8 @@ class Score(Family):
         """The probability-flow ODE latent: integrate the ODE from the image up to sigma_max."""
         return ode_encode(self, self.denoiser(), x, sampler or "ode", steps, options, callback)
 
-    def bits_per_dim(self, x: torch.Tensor, steps: int | None = None, batch_size: int = 50, seed: int = 0) -> dict:
+    def bits_per_dim(self, x: torch.Tensor, labels=None, steps: int | None = None, batch_size: int = 50,
+                     seed: int = 0) -> dict:
         """Held-out bits/dim through the probability-flow ODE (uniform dequantization, Hutchinson trace)."""
         return bits_per_dim(self.denoiser(), x.to(self.device), steps or self.likelihood_steps, batch_size, seed)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import GmkitError
 from ..nn.unet import UNetConfig
-from .base import SAMPLE, STEPS
+from .base import SAMPLE, STEPS, DataInfo, TrainOption
 from .diffusion import Diffusion
 
 UPSAMPLERS = ("bicubic", "nearest")
@@ -56,16 +56,6 @@ class SRConfig:
     steps_offset: int = 0
     class_dropout: float = 0.0  # unused: the low-res image is the condition
     data_license: str = ""
-
-    def fitted(self, ds, conditional: bool) -> "SRConfig":
-        """This config fitted to a data set: channels, training size, and the UNet that follows."""
-        c, h, _ = ds.images.shape[1:]  # square: fit_config_to_data checked
-        if conditional:
-            raise GmkitError("sr is conditioned on the low-resolution image, not on classes; drop --conditional")
-        cfg = dataclasses.replace(self, image_size=h, in_channels=c)
-        check_config(cfg)
-        return cfg
-
 
 def check_config(cfg: SRConfig) -> None:
     if not isinstance(cfg.scale, int) or cfg.scale < 2:
@@ -116,6 +106,19 @@ class SR(Diffusion):
     sample_options = frozenset({"sampler", "steps", "eta", "image", "schedule", "snr"})
     preview_options = {"sampler": "ddim", "steps": 20}
     train_defaults = {"lr": 5e-4, "batch_size": 32, "ema_decay": 0.999, "preview": 8}
+    default_sampler = "ddim"
+    class_conditioning = "never"
+    train_options = {"scale": TrainOption("upsampling factor per side, e.g. 2 or 4", int, minimum=2, config_key="scale",
+                                          applies_to="super-resolution models (sr)")}
+
+    @classmethod
+    def fit_config(cls, config: SRConfig, data: DataInfo, conditional: bool) -> SRConfig:
+        """Channels and training size from the data; the UNet follows in ``__init__``."""
+        if conditional:
+            raise GmkitError("sr is conditioned on the low-resolution image, not on classes; drop --conditional")
+        config = dataclasses.replace(config, image_size=data.size, in_channels=data.channels)
+        check_config(config)
+        return config
 
     def __init__(self, config: SRConfig):
         check_config(config)

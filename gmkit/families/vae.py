@@ -59,6 +59,7 @@ class VAE(Family):
     capabilities = frozenset({SAMPLE, ENCODE, DECODE, LIKELIHOOD})
     sample_options = frozenset()
     latent_key = "mean"  # the tensor ``decode`` reads from an encoded file
+    class_conditioning = "optional"
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
@@ -74,6 +75,10 @@ class VAE(Family):
         self.to_latent = nn.Linear(flat + c.num_classes, 2 * c.latent_dim)
         self.from_latent = nn.Linear(c.latent_dim + c.num_classes, flat)
         self.decoder = ConvDecoder(c.feature_channels, c.channels, 2 * c.in_channels, c.res_blocks)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
 
     # -- the model ----------------------------------------------------------------------------
     def _onehot(self, labels: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
@@ -152,8 +157,8 @@ class VAE(Family):
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         return {"elbo": log_px.mean(0) - kl, "iwae": torch.logsumexp(log_w, 0) - math.log(k)}
 
-    def bits_per_dim(self, x: torch.Tensor, labels: torch.Tensor | None = None, samples: int | None = None,
-                     batch_size: int = 100, seed: int = 0) -> dict[str, float]:
+    def bits_per_dim(self, x: torch.Tensor, labels: torch.Tensor | None = None, steps: int | None = None,
+                     batch_size: int = 100, seed: int = 0, samples: int | None = None) -> dict[str, float]:
         """Mean bits/dim of the ELBO and IWAE bounds over ``x`` (upper bounds on the true bits/dim)."""
         g = torch.Generator().manual_seed(seed)
         elbo, iwae = [], []

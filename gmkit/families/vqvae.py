@@ -79,6 +79,7 @@ class VQVAE(Family):
     capabilities = frozenset({SAMPLE, ENCODE, DECODE})
     sample_options = frozenset()
     latent_key = "codes"
+    no_likelihood = "no likelihood capability: deterministic codes; the prior models codes, not pixels"
 
     def __init__(self, config: VQVAEConfig):
         super().__init__(config)
@@ -103,6 +104,11 @@ class VQVAE(Family):
         """A short fingerprint of the codebook: code maps are only meaningful with it."""
         data = self.quantizer.embed.detach().float().cpu().contiguous().numpy().tobytes()
         return hashlib.sha256(data).hexdigest()[:16]
+
+    def latent_description(self) -> dict:
+        h, w = self.latent_shape
+        k = self.config.num_codes
+        return {"kind": "discrete", "shape": [h, w], "codebook": k, "text": f"discrete: {h}x{w} codes from a {k}-entry codebook"}
 
     def latent_metadata(self) -> dict[str, str]:
         return {"gmkit.codebook_id": self.codebook_id(), "gmkit.num_codes": str(self.config.num_codes)}

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,29 +25,10 @@ import torch.distributed as dist
 
 from . import __version__
 from .checkpoint import load_tensors, save_model, save_tensors
-from .config import from_dict, to_dict
+from .config import TrainConfig, from_dict, to_dict
 from .data import ImageData
-from .errors import GmkitError
+from .errors import GmkitError, StopTraining
 from .families import Family
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 10000  # total optimizer steps (a resumed run continues to this number)
-    batch_size: int = 64  # global batch: split across DDP processes
-    lr: float = 1e-3
-    warmup: int = 200  # linear warm-up steps; constant afterwards (so resume equals one long run)
-    lr_schedule: str = "constant"  # constant | cosine
-    lr_decay_steps: int = 0  # cosine: decay length after warm-up (0 = until --steps)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    preview: int = 16  # images in each checkpoint's sample grid (0 = none)
-    save_dtype: str = "fp32"  # fp32 | fp16 | bf16 for model.safetensors
-    amp: bool = True  # bf16 autocast on CUDA
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -287,6 +267,10 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
                 checkpoint()
     except KeyboardInterrupt:
         interrupted = True
+    except StopTraining as e:  # the family's verdict (GAN mode collapse): keep the last checkpoint as it is
+        if log_file is not None:
+            log_file.write(json.dumps({"step": step, "stopped": str(e)}) + "\n")
+        raise
     finally:
         signal.signal(signal.SIGTERM, prev_handler)
         if progress is not None:
@@ -320,89 +304,3 @@ def load_resume_config(state: tuple[dict, dict], family: type[Family]):
     if meta.get("gmkit.family") != family.name:
         raise GmkitError(f"--resume: that run trained a {meta.get('gmkit.family')} model, not {family.name}")
     return from_dict(family.Config, json.loads(meta["gmkit.config"])), from_dict(TrainConfig, json.loads(meta["gmkit.train"]))
-
-
-def config_shape(cfg) -> tuple:
-    if hasattr(cfg, "fitted"):
-        return (cfg.in_channels, cfg.image_size, cfg.image_size)
-    u = getattr(cfg, "unet", None)
-    if u is not None:
-        return (u.in_channels, u.sample_size, u.sample_size)
-    if hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
-        return (cfg.in_channels, cfg.image_size, cfg.image_size)
-    return ()
-
-
-def fit_config_to_data(cfg, ds, conditional: bool):
-    """Fit a fresh config to the data: channels, resolution, number of classes."""
-    import dataclasses
-
-
-    c, h, w = ds.images.shape[1:]
-    if h != w:
-        raise GmkitError(f"training images must be square, got {h}x{w}; give --image-size")
-    if hasattr(cfg, "fitted"):  # a config that knows how to fit itself (latent diffusion, super-resolution)
-        return cfg.fitted(ds, conditional)
-    u = getattr(cfg, "unet", None)
-    if u is not None:
-        k = ds.num_classes if conditional else 0
-        if conditional and not k:
-            raise GmkitError("--conditional needs labelled data (a bundled data set, or class subfolders)")
-        u = dataclasses.replace(u, in_channels=c, out_channels=c, sample_size=h, num_classes=k)
-        cfg = dataclasses.replace(cfg, unet=u)
-    elif hasattr(cfg, "in_channels") and hasattr(cfg, "image_size"):
-        # Flat configs (autoencoder families): channels, resolution and, where the config has
-        # one, num_classes. A config class may declare ``always_conditional`` (augvae).
-        changes = {"in_channels": c, "image_size": h}
-        if hasattr(cfg, "num_classes"):
-            want = conditional or getattr(cfg, "always_conditional", False)
-            if want and not ds.num_classes:
-                raise GmkitError(f"{'this family' if not conditional else '--conditional'} needs labelled data "
-                                 "(a bundled data set, or class subfolders)")
-            changes["num_classes"] = ds.num_classes if want else 0
-        elif conditional:
-            raise GmkitError("this family cannot be trained --conditional")
-        cfg = dataclasses.replace(cfg, **changes)
-    return cfg
-
-
-def first_stage(cfg, ds, source: str | None, out: Path, steps: int, seed: int, device: torch.device, data_spec: str,
-                quiet: bool):
-    """The autoencoder a latent diffusion run builds on: loaded from ``source``, or trained on ``ds``
-    into ``out`` first. Returns (the LDM config with that autoencoder's config, its weights, its source,
-    its training recipe)."""
-    import dataclasses
-
-    from .families import get_family
-
-    if source is None:
-        family = get_family("autoencoder")
-        ae_cfg = fit_config_to_data(cfg.autoencoder, ds, False)
-        tcfg = from_dict(TrainConfig, {**to_dict(TrainConfig()), **family.train_defaults, "steps": steps, "seed": seed})
-        if (out / "train_state.safetensors").exists():
-            state = read_train_state(out)
-            done = int(state[1]["gmkit.step"])
-            if not quiet:
-                _log(f"gmkit: continuing the autoencoder in {out} from step {done}")
-        else:
-            state = None
-            if not quiet:
-                _log(f"gmkit: training the first-stage autoencoder ({steps} steps) -> {out}")
-        torch.manual_seed(seed)
-        net = family(ae_cfg if state is None else from_dict(family.Config, json.loads(state[1]["gmkit.config"])))
-        recipe = {"command": "gmkit train ldm (first stage)", "data": data_spec, "data_note": ds.note,
-                  "train_images": len(ds), "device": str(device), "torch": torch.__version__}
-        if state is None or int(state[1]["gmkit.step"]) < steps:
-            train(net, ds, out, tcfg, device, recipe, state, quiet)
-        source = str(out)
-    from .registry import resolve
-
-    r = resolve(source)
-    if r.family.name != "autoencoder":
-        raise GmkitError(f"--autoencoder {source}: that is a {r.family.name} model, not an autoencoder")
-    shape = (r.config.in_channels, r.config.image_size, r.config.image_size)
-    if shape != tuple(ds.images.shape[1:]):
-        raise GmkitError(f"--autoencoder {source}: it was trained on images {shape}, the data gives "
-                         f"{tuple(ds.images.shape[1:])}")
-    return dataclasses.replace(cfg, autoencoder=r.config), {k: v.float() for k, v in r.state.items()}, source, \
-        json.loads(r.meta.get("gmkit.recipe", "{}") or "{}")

@@ -1,0 +1,146 @@
+"""Typed sample and encode options, validated once, in one place.
+
+The CLI and the Python API build a ``SampleOptions`` from what the user gave, merge it over the
+defaults a model's name carries (``load("ddim")`` samples DDIM with 50 steps), and check it: value
+ranges and finiteness (``check``), which family takes what (``check_for``, from the family's
+declared ``sample_options``), and which options need or exclude each other. Families then receive
+the options as keyword arguments (``as_kwargs``). Every error is an ``OptionError`` naming the
+*setting* (``class_label``); the CLI prints the matching flag (``--class``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import OptionError
+
+def _finite(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise OptionError(name, f"must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _whole(name: str, v, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise OptionError(name, f"must be a whole number, got {v!r}")
+    if v < low:
+        raise OptionError(name, f"must be >= {low}, got {v}")
+    return v
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Everything a ``sample`` call can be told besides how many images and which seeds.
+
+    None means "not given": the model's defaults, then the family's, apply.
+    """
+
+    sampler: str | None = None  # ddpm, ddim, dpm++2m, pc, heun, ... (the family's samplers)
+    steps: int | None = None  # sampler steps (>= 1)
+    eta: float | None = None  # DDIM noise, 0 (deterministic) .. 1 (DDPM-like)
+    schedule: str | None = None  # noise levels of the score-view samplers: karras or geometric
+    snr: float | None = None  # pc sampler: signal-to-noise ratio of the corrector (> 0)
+    class_label: int | None = None  # class-conditional models: the class (>= 0)
+    guidance: float | None = None  # classifier-free guidance scale (>= 0)
+    truncation: float | None = None  # GAN truncation trick (> 0)
+    temperature: float | None = None  # flow / VAE latent temperature (>= 0)
+    prompt: str | list[str] | None = None  # text-to-image: one prompt, or one per image
+    negative_prompt: str | None = None
+    init: Any = None  # starting noise (N, *sample_shape) tensor
+    image: Any = None  # img2img / inpainting / upsampling input (1 or N, C, H, W) in [-1, 1]
+    mask: Any = None  # inpainting: (1, 1, H, W), 1 = generate
+    strength: float | None = None  # img2img: 0 (returns the image) .. 1 (ignores it)
+    resample: int | None = None  # inpainting: RePaint resamplings per jump (>= 1)
+    jump: int | None = None  # inpainting: RePaint jump length (>= 1)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> "SampleOptions":
+        unknown = sorted(set(options) - set(cls.names()))
+        if unknown:
+            raise OptionError(unknown[0], f"is not a sample option (known: {', '.join(cls.names())})")
+        return cls(**options)
+
+    def given(self) -> dict[str, Any]:
+        """The options that were set (not None)."""
+        # Not dataclasses.asdict: it would deep-copy the tensors.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def over(self, defaults: dict[str, Any]) -> "SampleOptions":
+        """These options over a model's defaults (what its name implies, e.g. ddim: 50 DDIM steps)."""
+        return dataclasses.replace(SampleOptions.from_dict(defaults), **self.given())
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments a family's ``sample`` receives: the given options only."""
+        return self.given()
+
+    def check(self) -> "SampleOptions":
+        """Ranges, finite values and combinations; returns self."""
+        for name in ("steps", "resample", "jump"):
+            if getattr(self, name) is not None:
+                _whole(name, getattr(self, name), 1)
+        if self.class_label is not None:
+            _whole("class_label", self.class_label, 0)
+        ranges = {"eta": (0, 1), "strength": (0, 1)}
+        for name, (low, high) in ranges.items():
+            v = getattr(self, name)
+            if v is not None and not low <= _finite(name, v) <= high:
+                raise OptionError(name, f"must be between {low} and {high}, got {v}")
+        for name, positive in (("guidance", False), ("temperature", False), ("truncation", True), ("snr", True)):
+            v = getattr(self, name)
+            if v is not None and (_finite(name, v) <= 0 if positive else _finite(name, v) < 0):
+                raise OptionError(name, f"must be {'> 0' if positive else '>= 0'}, got {v}")
+        for name in ("sampler", "schedule", "negative_prompt"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise OptionError(name, f"must be a string, got {v!r}")
+        if self.prompt is not None and not (isinstance(self.prompt, str) or
+                                            isinstance(self.prompt, (list, tuple)) and all(isinstance(p, str) for p in self.prompt)):
+            raise OptionError("prompt", "must be a string or a list of strings")
+        if self.image is None:
+            for name in ("mask", "strength", "resample", "jump"):
+                if getattr(self, name) is not None:
+                    raise OptionError(name, f"{{{name}}} edits an image: add {{image}}")
+        if (self.resample is not None or self.jump is not None) and self.mask is None:
+            raise OptionError("resample" if self.resample is not None else "jump",
+                              "{resample} and {jump} apply to inpainting: add {mask}")
+        if self.init is not None and self.image is not None:
+            raise OptionError("init", "{init} and {image} both give the starting point; use one")
+        if self.eta is not None and self.sampler is not None and self.sampler != "ddim":
+            raise OptionError("eta", "applies to the ddim sampler only (give {sampler} ddim)")
+        return self
+
+    def check_for(self, family) -> "SampleOptions":
+        """Refuse options this model's family does not take (declared in its ``sample_options``)."""
+        family.check_options(self.given())
+        if self.class_label is not None and family.num_classes and self.class_label >= family.num_classes:
+            raise OptionError("class_label", f"must be between 0 and {family.num_classes - 1}, got {self.class_label}")
+        return self
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """What an ``encode`` call can be told: inversion steps, class, refinement, and the encoder."""
+
+    steps: int | None = None  # diffusion / score models: inversion or ODE steps (>= 1)
+    class_label: int | None = None  # class-conditional models
+    refine: int | None = None  # DDIM inversion: fixed-point iterations per step (>= 0)
+    sampler: str | None = None  # diffusion / score models: ddim (inversion) or ode
+
+    def check(self) -> "EncodeOptions":
+        if self.steps is not None:
+            _whole("steps", self.steps, 1)
+        if self.refine is not None:
+            _whole("refine", self.refine, 0)
+        if self.class_label is not None:
+            _whole("class_label", self.class_label, 0)
+        return self
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}

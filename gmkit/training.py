@@ -1,0 +1,166 @@
+"""``gmkit.train(...)``: a training run set up exactly as ``gmkit train`` sets it up, then the loop.
+
+What happens before the loop (``loop.py``): the family's config (its defaults, a config file or dict,
+``key=value`` overrides), the loop's config (``TrainConfig`` below the family's ``train_defaults``),
+the data, and a fresh model built by the family itself (``Family.build_for_training``: the config
+fitted to the data, an LDM's first stage), or the run's own configs when resuming. The recipe
+written into every checkpoint says how, including the run folder (``compare`` finds the log there).
+
+    import gmkit
+    summary = gmkit.train("ddpm", data="mnist", out="runs/x", steps=2000)
+    model = gmkit.load("runs/x")
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import OptionError
+from .progress import note
+
+
+def _overrides(overrides: Iterable[str] | dict[str, Any]) -> list[str]:
+    if isinstance(overrides, dict):
+        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    return list(overrides)
+
+
+def _positive(name: str, value, number=int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, number) or not value > 0):
+        raise OptionError(name, f"must be a positive {'integer' if number is int else 'number'}, got {value!r}")
+
+
+def _call_text(family: str, **given) -> str:
+    args = ", ".join([repr(family)] + [f"{k}={v!r}" for k, v in given.items() if v not in (None, False, (), [], {})])
+    return f"gmkit.train({args})"
+
+
+def train(family: str, data: str | None = None, out: str | Path | None = None, *, steps: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, image_size: int | None = None, seed: int | None = None,
+          conditional: bool = False, resume: str | Path | None = None, config: str | Path | dict | None = None,
+          overrides: Iterable[str] | dict[str, Any] = (), checkpoint_every: int | None = None,
+          save_dtype: str | None = None, device: str = "auto", on_bad_image: str = "skip", quiet: bool = False,
+          command: str | None = None, **family_options: Any) -> dict:
+    """Train a model of ``family`` (or a bundled name's family: ``ddim`` trains ``ddpm``) on ``data``.
+
+    Writes the run folder ``out`` (default: the ``resume`` folder, else ``runs/<family>``) and returns
+    the loop's summary. ``overrides`` are ``key=value`` settings of the family config (``train.key=value``
+    for the loop's), or a dict of them. ``family_options`` are the options only some families take
+    (``scale`` for sr, ``sde`` for score, ``autoencoder`` / ``ae_steps`` for ldm). ``command`` is what the
+    recipe records (the CLI passes its command line).
+    """
+    import torch
+
+    from .config import TrainConfig, apply_overrides, from_dict, to_dict
+    from .data import load_data
+    from .devices import resolve_device
+    from .families import get_family
+    from .families.base import TrainSetup
+    from .loop import DTYPES, dist_info, load_resume_config, read_train_state, train as run_loop
+    from .registry import BUNDLED
+
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("image_size", image_size),
+                    ("checkpoint_every", checkpoint_every)):
+        _positive(name, v)
+    _positive("lr", lr, (int, float))
+    if on_bad_image not in ("skip", "error"):
+        raise OptionError("on_bad_image", "must be skip or error")
+    cls = get_family(BUNDLED[family].family if family in BUNDLED else family)
+    given_options = cls.check_train_options({k: v for k, v in family_options.items() if v is not None})
+    rank, local_rank, world = dist_info()
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+
+    sets = _overrides(overrides)
+    family_sets = [s for s in sets if not s.startswith("train.")]
+    train_sets = [s[len("train."):] for s in sets if s.startswith("train.")]
+    resume_state, recipe_prev = None, {}
+    if resume is not None:
+        resume = Path(resume)
+        resume_state = read_train_state(resume)
+        cfg, tcfg = load_resume_config(resume_state, cls)
+        recipe_prev = json.loads(resume_state[1].get("gmkit.recipe", "{}"))
+        if config is not None or family_sets or conditional or given_options:
+            note("gmkit: resuming keeps the run's model config; the config, its overrides, conditional and "
+                 f"{', '.join(given_options) or 'family options'} are ignored", quiet)
+        if image_size is not None and recipe_prev.get("image_size") not in (None, image_size):
+            raise OptionError("image_size", f"{image_size}: the run was trained at {recipe_prev['image_size']}")
+        data = data or recipe_prev.get("data")
+        image_size = recipe_prev.get("image_size") or image_size
+        out = out or resume
+    else:
+        cfg = from_dict(cls.Config, apply_overrides(_base_config(cls, config), family_sets), "config")
+        tcfg = from_dict(TrainConfig, {**to_dict(TrainConfig()), **cls.train_defaults}, f"{cls.name} train defaults")
+    tdict = to_dict(tcfg)
+    for key, val in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed),
+                     ("checkpoint_every", checkpoint_every), ("save_dtype", save_dtype)):
+        if val is not None:
+            tdict[key] = val
+    tcfg = from_dict(TrainConfig, apply_overrides(tdict, train_sets), "train config")
+    if tcfg.save_dtype not in DTYPES:
+        raise OptionError("save_dtype", f"{tcfg.save_dtype}: use fp32, fp16 or bf16")
+    data = data or "mnist"
+    out = Path(out) if out is not None else Path("runs") / cls.name
+
+    ds = load_data(data, "train", image_size, None, on_bad_image)
+    setup_recipe: dict = {}
+    if resume_state is None:
+        setup = TrainSetup(out=out, seed=tcfg.seed, device=dev, data_spec=data, conditional=conditional,
+                           options=given_options, quiet=quiet or rank > 0)
+        net, setup_recipe = cls.build_for_training(cfg, ds, setup)
+    else:
+        net = cls(cfg)
+        setup_recipe = {k: recipe_prev[k] for k in recipe_prev.get("family_setup", []) if k in recipe_prev}
+        if tuple(ds.images.shape[1:]) != tuple(net.image_shape):
+            raise OptionError("resume", f"the data gives images of shape {tuple(ds.images.shape[1:])}, "
+                                        f"the run was trained on {tuple(net.image_shape)}")
+    recipe = {"command": command or _call_text(family, data=data, out=str(out), steps=steps, batch_size=batch_size,
+                                               lr=lr, image_size=image_size, seed=seed, conditional=conditional,
+                                               resume=str(resume) if resume else None, overrides=sets, **given_options),
+              "data": data, "data_note": ds.note, "image_size": image_size, "train_images": len(ds), "world_size": world,
+              "device": str(dev), "torch": torch.__version__, "params": sum(p.numel() for p in net.parameters()),
+              # Where the log is: compare reads training stability from it (never by re-parsing the command).
+              "run_folder": str(out.resolve()), **setup_recipe, "family_setup": sorted(setup_recipe)}
+    if ds.note.startswith("OpenMoji"):
+        from .data.captioned import OPENMOJI_LICENSE
+
+        recipe["data_license"] = OPENMOJI_LICENSE
+    if recipe_prev.get("command") and resume_state is not None:
+        recipe["earlier_commands"] = recipe_prev.get("earlier_commands", []) + [recipe_prev["command"]]
+    if rank == 0:
+        note(f"gmkit: training {cls.name} ({recipe['params'] / 1e6:.2f}M parameters) on {data} "
+             f"({len(ds)} images {tuple(ds.images.shape[1:])}) on {dev}, {world} process(es) -> {out}", quiet)
+    summary = run_loop(net, ds, out, tcfg, dev, recipe, resume_state, quiet)
+    summary["model"] = str(out / "model.safetensors")
+    if rank == 0:
+        note(f"gmkit: done: step {summary['step']}, {summary['it_s']} it/s; model in {summary['model']}", quiet)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # no rank tears gloo down while another still talks to it
+        dist.destroy_process_group()
+    return summary
+
+
+def _base_config(cls, config) -> dict:
+    """The family config to start from: its defaults, a dict, or a JSON file."""
+    from .config import to_dict
+
+    if config is None:
+        return to_dict(cls.Config())
+    if isinstance(config, dict):
+        return config
+    try:
+        return json.loads(Path(config).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise OptionError("config", f"{config}: cannot read JSON ({e})") from None
+
+
+def command_line(argv: list[str]) -> str:
+    """The recipe's record of a command line, quoted so it can be run again."""
+    return "gmkit " + shlex.join(argv)
