@@ -67,9 +67,10 @@ def model_card(repo: str, meta: dict, has_grid: bool) -> str:
         lines += ["", "![samples](samples.png)", "", "Samples with seeds 0 to 15 (image i from seed i)."]
     lines += ["", "## Sample it", "", "```bash", "pip install gmkit",
               f"gmkit sample {repo} -n 16 --seed 0 --out samples.png", "```", "", "or in Python:", "", "```python",
-              "from gmkit.registry import load", "import torch", "",
-              f'model, _ = load("{repo}")',
-              "images = model.sample([torch.Generator().manual_seed(i) for i in range(16)])  # in [-1, 1]",
+              "import gmkit", "",
+              f'model = gmkit.load("{repo}")  # any source `gmkit sample` takes',
+              "images = model.sample(16, seed=0)  # PIL images; image i from seed i, as the command above",
+              'images[0].save("sample0.png")',
               "```", "", "## Training recipe", ""]
     rows = [("command", recipe.get("command")), ("steps", recipe.get("step")), ("parameters", recipe.get("params")),
             ("training images", recipe.get("train_images")), ("image size", recipe.get("image_size")),
