@@ -16,7 +16,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from .config import TrainConfig, from_dict, to_dict
 from .data import ImageData
 from .errors import GmkitError, StopTraining
 from .families import Family
+from .progress import Progress, note
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -146,10 +146,6 @@ def read_train_state(run: Path) -> tuple[dict, dict]:
 
 # -- the loop -----------------------------------------------------------------------------------
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def write_preview(model: Family, state: dict[str, torch.Tensor], path: Path, n: int) -> None:
     """A sample grid from the EMA weights, seeds 0..n-1, with the family's quick preview options."""
     import copy
@@ -210,6 +206,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
     start_step, t_start, t_last, last_step = step, time.perf_counter(), time.perf_counter(), step
     interrupted = False
     summary: dict = {}
+    info = ""
 
     def checkpoint():
         if rank != 0:
@@ -218,14 +215,9 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
         if tcfg.preview:
             write_preview(model, ema.shadow, out / "samples" / f"step_{step:07d}.png", tcfg.preview)
 
-    progress = None
-    if rank == 0 and not quiet and sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                            TimeRemainingColumn(), transient=False)
-        task = progress.add_task("train", total=tcfg.steps, completed=step, info="")
-        progress.start()
+    # The bar lives on stderr (stdout stays clean for --json): Rich on a terminal, a line every few
+    # seconds otherwise, nothing when quiet or on other ranks.
+    progress = Progress("train", tcfg.steps, quiet or rank > 0, start=step).__enter__()
 
     prev_handler = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # treat SIGTERM like Ctrl-C: save, then exit
@@ -259,10 +251,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 info = f"loss {stats['loss']:.4f}  {its:.2f} it/s"
-                if progress is not None:
-                    progress.update(task, completed=step, info=info)
-                elif not quiet:
-                    _log(f"step {step}/{tcfg.steps}  {info}")
+            progress.update(step, info)
             if step % tcfg.checkpoint_every == 0 and step < tcfg.steps:
                 checkpoint()
     except KeyboardInterrupt:
@@ -273,8 +262,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
         raise
     finally:
         signal.signal(signal.SIGTERM, prev_handler)
-        if progress is not None:
-            progress.stop()
+        progress.__exit__(None, None, None)
         if log_file is not None:
             log_file.close()
     if step > start_step or not (out / "model.safetensors").exists():
@@ -293,7 +281,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
                "world_size": world, "weights_sha256": digest, "ranks_agree": agree}
     if interrupted:
         if rank == 0:
-            _log(f"gmkit: interrupted at step {step}; checkpoint saved in {out} (continue with --resume {out})")
+            note(f"gmkit: interrupted at step {step}; checkpoint saved in {out} (continue with --resume {out})")
         raise KeyboardInterrupt
     return summary
 

@@ -352,7 +352,7 @@ def test_push_dry_run_writes_the_upload_folder_with_a_model_card(tiny_run, tmp_p
     assert net.name == "ddpm"
     # Without --out a dry run says where it wrote; bad input is one line.
     r = run_cli("push", str(tiny_run), "myname/x", "--dry-run")
-    assert r.code == 0 and str(tiny_run / "hub-upload") in r.err
+    assert r.code == 0 and str(tiny_run / "hub-upload") in r.out  # a result: stdout
     assert run_cli("push", str(tiny_run), "myname/x", "--dry-run").code == 0  # the default folder is rewritten
     shutil.rmtree(tiny_run / "hub-upload")
     r = run_cli("push", str(tiny_run), "not a repo id", "--dry-run", "--out", str(tmp_path / "u2"))

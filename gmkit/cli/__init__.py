@@ -9,7 +9,7 @@ import typer
 
 from . import _common
 
-app = typer.Typer(name="gmkit", invoke_without_command=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(name="gmkit", invoke_without_command=True, add_completion=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train, sample, encode and benchmark generative models (VAE, GAN, flow, DDPM/DDIM, ...).")
 

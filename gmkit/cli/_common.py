@@ -51,7 +51,10 @@ def run_app(app: typer.Typer) -> None:
     """Run the app. Exit codes: 0 success; 2 a user error (one line on stderr: a bad option, model, file or
     value, or a training run stopped by its family); 1 an internal error; 130 interrupted (Ctrl-C). Tracebacks
     only with --debug or GMKIT_DEBUG=1."""
-    import click
+    try:  # Typer >= 0.16 carries its own copy of click
+        from typer import _click as click
+    except ImportError:  # pragma: no cover - older Typer
+        import click
 
     from ..errors import GmkitError
 
@@ -69,11 +72,11 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.Abort, click.exceptions.Abort):
+    except typer.Abort:
         print("gmkit: aborted", file=sys.stderr)
         sys.exit(1)
     except click.exceptions.ClickException as e:  # usage errors: one line, as every other error
-        path = e.ctx.command_path if isinstance(e, click.UsageError) and e.ctx is not None else "gmkit"
+        path = e.ctx.command_path if isinstance(e, click.exceptions.UsageError) and e.ctx is not None else "gmkit"
         where = f" (see {path} --help)"
         print(f"gmkit: error: {e.format_message()}{where}", file=sys.stderr)
         sys.exit(e.exit_code)

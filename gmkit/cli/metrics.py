@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ._common import emit_json, say
+from .output import Output
 
 
 def metrics_cmd(
@@ -20,28 +20,22 @@ def metrics_cmd(
     from ..imageio import load_image_set
     from ..metrics.evaluate import evaluate
 
+    output = Output(json_out, quiet)
     x, notes = load_image_set(samples)
     for n in notes:
-        say(f"gmkit: {n}", quiet)
+        output.message(f"gmkit: {n}")
     result = evaluate(x, reference, class_label)
     result["samples"] = samples
     result["notes"] = notes
-    if json_out:
-        emit_json(result)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{result['n']} images vs {result['reference']} (extractor gmkit-{reference})")
-    for col in ("", result["names"]["fd"], result["names"]["kid"], "precision", "recall"):
-        t.add_column(col)
-    for label, m in (("samples", result["metrics"]), ("real train (baseline)", result["baseline_real_train_vs_heldout"])):
-        t.add_row(label, f"{m['fd']:.3f}", f"{m['kid']:.5f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}")
-    Console().print(t)
+    output.result(result)
+    cols = ["", result["names"]["fd"], result["names"]["kid"], "precision", "recall"]
+    rows = [[label, f"{m['fd']:.3f}", f"{m['kid']:.5f}", f"{m['precision']:.3f}", f"{m['recall']:.3f}"]
+            for label, m in (("samples", result["metrics"]), ("real train (baseline)", result["baseline_real_train_vs_heldout"]))]
+    output.table(f"{result['n']} images vs {result['reference']} (extractor gmkit-{reference})", cols, rows, set(cols[1:]))
     extra = f"confidently classified: {result['confident_share']:.1%}"
     if "class_accuracy" in result:
         extra += f"; classified as {class_label}: {result['class_accuracy']:.1%}"
-    say(extra, quiet)
+    output.lines([extra])
 
 
 def register(app: typer.Typer) -> None:

@@ -6,14 +6,14 @@ from typing import Optional
 
 import typer
 
-from ._common import emit_json, say
+from .output import Output
 
 
 def push_cmd(
     run: str = typer.Argument(..., help="Run folder (its model.safetensors) or a gmkit .safetensors checkpoint."),
     repo: str = typer.Argument(..., help="Hub repo id to create or update, e.g. yourname/gmkit-mnist-ddpm."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the folder that would be uploaded, and upload nothing."),
-    out: Optional[str] = typer.Option(None, "--out", help="Where to write that folder (default: RUN/hub-upload for a dry run)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", "--output", show_default="RUN/hub-upload for a dry run", help="Where to write that folder."),
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit message."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
@@ -34,12 +34,9 @@ def push_cmd(
         folder = Path(tempfile.mkdtemp(prefix="gmkit-push-"))
     files = prepare(run, repo, folder, replace=out is None and dry_run)
     url = None if dry_run else upload(folder, repo, private, message)
-    if json_out:
-        emit_json({"run": run, "repo": repo, "folder": str(folder), "files": files, "uploaded": not dry_run, "url": url})
-    elif dry_run:
-        say(f"gmkit: dry run: wrote {', '.join(files)} to {folder} (nothing uploaded)", quiet)
-    else:
-        say(f"gmkit: uploaded {', '.join(files)} to {url}", quiet)
+    report = {"run": run, "repo": repo, "folder": str(folder), "files": files, "uploaded": not dry_run, "url": url}
+    Output(json_out, quiet).result(report, f"dry run: wrote {', '.join(files)} to {folder} (nothing uploaded)" if dry_run
+                                   else f"uploaded {', '.join(files)} to {url}")
 
 
 def register(app: typer.Typer) -> None:

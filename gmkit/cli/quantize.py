@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from ._common import emit_json, positive, say
+from ._common import positive
+from .output import Output
 
 
 def quantize_cmd(
@@ -24,7 +25,7 @@ def quantize_cmd(
     key: Optional[str] = typer.Option(None, "--key", help="Which tensor of the file (default: mean, else its only float tensor)."),
     iters: int = typer.Option(20, "--iters", help="k-means (Lloyd) iterations at most."),
     seed: int = typer.Option(0, "--seed", help="Seed for k-means++ seeding: same seed, same codebook."),
-    out: str = typer.Option("-", "--out", "-o", help="Codes file (.safetensors), or - for stdout."),
+    out: str = typer.Option("-", "--out", "-o", "--output", help="Codes file (.safetensors), or - for stdout (never a terminal)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (needs --out FILE)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -52,14 +53,16 @@ def quantize_cmd(
 
     with torch.no_grad():
         report = _run(source, apply, codebook, levels, iters, seed, patch, key, out)
-    if json_out:
-        emit_json(report)
-    else:
-        psnr = f", PSNR {report['psnr_db']:.2f} dB" if report["psnr_db"] is not None else ""
-        say(f"gmkit: {report['vectors']} vectors of dim {report['dim']} -> {report['levels']} x {report['codes']} codes: "
+    psnr = f", PSNR {report['psnr_db']:.2f} dB" if report["psnr_db"] is not None else ""
+    line = (f"{report['vectors']} vectors of dim {report['dim']} -> {report['levels']} x {report['codes']} codes: "
             f"MSE {report['mse']:.5g}{psnr}, usage {100 * report['usage']:.1f}%, "
             f"{report['bits_per_vector']:.2f} bits/vector (entropy {report['entropy_bits_per_vector']:.2f}), "
-            f"{report['seconds']:.2f} s -> {out}", quiet)
+            f"{report['seconds']:.2f} s -> {out}")
+    output = Output(json_out, quiet)
+    if out == "-":  # stdout carries the codes: the report goes with the messages
+        output.message(f"gmkit: {line}")
+    else:
+        output.result(report, line)
 
 
 def _run(source, apply, codebook, levels, iters, seed, patch, key, out) -> dict:
