@@ -1,8 +1,10 @@
 """Sampling speed and quality, measured: warm-up, then the median of several timed runs per configuration.
 
-``bench_one`` times one configuration (model, sampler, steps, batch, dtype, compile); with
-``quality_samples`` it also scores that many images of the same configuration with
-``metrics.evaluate``. ``sweep`` runs the cartesian product and ``ddim_claim`` reads off DDIM's
+``bench_one`` times one configuration (model, sampler, steps, batch, dtype, compile). Long runs
+(DDPM's 1000 network calls) are timed at two short step counts of the same sampler and the full
+run's time extrapolated from them, saying so in the row's ``timing``; ``full=True`` times complete
+runs. With ``quality_samples`` it also scores that many images of the same configuration
+(``measure.score_images``). ``sweep`` runs the cartesian product and ``ddim_claim`` reads off DDIM's
 promise from the rows: the fewest steps at which DDIM matches DDPM-1000 quality, and the speed-up.
 """
 
@@ -19,10 +21,14 @@ import torch
 
 from .errors import GmkitError
 from .families.base import STEPS
+from .measure import count_flops, generate, generators, sample_options, score_images, sync, warm_up
 from .registry import load
 
 # A configuration counts as reaching the reference quality when its FD is within this share of it.
 CLAIM_TOLERANCE = 0.10
+# Quick timing: runs of more network calls than this are timed at two short step counts and extrapolated.
+QUICK_CALLS = 16
+PROBE_STEPS = (4, 8)
 
 
 @dataclass
@@ -47,9 +53,13 @@ class BenchRow:
     tflops: float | None = None  # achieved: FLOPs per image x images/s
     peak_memory_kind: str = "rss"  # cuda (allocator peak of this configuration) or rss (process peak so far)
     quality: dict | None = field(default=None)
+    timing: dict = field(default_factory=dict)  # full, or extrapolated from short runs (and how)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -59,110 +69,75 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss_kb / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def sample_options(net, defaults: dict, sampler: str | None, steps: int | None) -> tuple[dict, int, bool]:
-    """The options a sample call gets, its network calls per image, and whether steps apply."""
-    opts = dict(defaults)
-    if STEPS not in net.capabilities:  # one network pass per image (GAN, VAE, flow): no sampler, no steps
-        opts.pop("sampler", None)
-        opts.pop("steps", None)
-        return opts, 1, False
-    plan = net.sampling_plan(sampler or opts.get("sampler"), steps or opts.get("steps"))
-    opts.update(sampler=plan.sampler, steps=plan.steps)
-    return opts, plan.network_calls, True
-
-
-def generators(start: int, count: int) -> list[torch.Generator]:
-    """Image i comes from seed i, whatever the batch (the CLI's --seed convention with S = 0)."""
-    return [torch.Generator().manual_seed(i) for i in range(start, start + count)]
-
-
-def count_flops(net, opts: dict, calls: int) -> float | None:
-    """FLOPs per image: one image through one network call (FlopCounterMode), times the calls."""
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-    except ImportError:  # pragma: no cover - torch < 2.1
-        return None
-    one = {**opts, "steps": 1} if "steps" in opts else dict(opts)
-    try:
-        with FlopCounterMode(display=False) as counter:
-            net.sample(generators(0, 1), **one)
-        return float(counter.get_total_flops()) * calls
-    except Exception:  # an op the counter cannot trace: leave the column empty rather than fail the bench
-        return None
-
-
-def generate(net, opts: dict, n: int, batch: int, device: torch.device, callback=None) -> tuple[torch.Tensor, list[float]]:
-    """``n`` images (seeds 0..n-1) in batches, and the seconds each full batch took."""
-    chunks, times = [], []
-    for start in range(0, n, batch):
-        count = min(batch, n - start)
-        t0 = time.perf_counter()
-        chunks.append(net.sample(generators(start, count), **opts).float().cpu())
-        _sync(device)
-        if count == batch:
-            times.append(time.perf_counter() - t0)
-        if callback is not None:
-            callback(start + count, n)
-    return torch.cat(chunks), times
-
-
-def warm_up(net, opts: dict, batch: int, device: torch.device) -> None:
-    """A short run with the same shapes (allocator, kernels, compile caches)."""
-    net.sample(generators(0, batch), **({**opts, "steps": min(opts["steps"], 5)} if "steps" in opts else opts))
-    _sync(device)
-
-
-def bench_one(model: str, steps: int | None, batch: int, device: torch.device, dtype: torch.dtype,
-              runs: int = 3, sampler: str | None = None, compile: bool = False, quality_samples: int = 0,
-              reference: str = "mnist", net_src=None) -> BenchRow:
-    net, src = net_src or load(model, device, dtype)
-    opts, calls, applicable = sample_options(net, src.defaults, sampler, steps)
-    flops = count_flops(net, opts, calls)
-    compiled = False
-    if compile:
-        for module in net.sampling_networks():
-            module.compile()
-        compiled = True
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    warm_up(net, opts, batch, device)
+def _median_seconds(net, opts: dict, batch: int, device: torch.device, runs: int) -> float:
     times = []
     for _ in range(runs):
         gc.collect()
         t0 = time.perf_counter()
         net.sample(generators(0, batch), **opts)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
+    return statistics.median(times)
+
+
+def extrapolated_seconds(net, opts: dict, calls: int, batch: int, device: torch.device, runs: int) -> tuple[float, dict]:
+    """Seconds of a full run, from two short runs of the same sampler at ``PROBE_STEPS`` steps.
+
+    Time is linear in network calls: seconds = overhead + calls x per-call time; both runs measure it
+    (overhead: noise, decoding, text encoding), so the estimate is honest for samplers with any number
+    of calls per step (``sampling_plan``)."""
+    points = []
+    for k in PROBE_STEPS:
+        c = net.sampling_plan(opts.get("sampler"), k).network_calls
+        points.append((c, _median_seconds(net, {**opts, "steps": k}, batch, device, runs)))
+    (c1, t1), (c2, t2) = points
+    per_call = (t2 - t1) / (c2 - c1) if c2 > c1 and t2 > t1 else t2 / c2  # a noisy pair: no overhead term
+    overhead = max(t2 - per_call * c2, 0.0)
+    seconds = overhead + per_call * calls
+    return seconds, {"mode": "extrapolated", "probe_steps": list(PROBE_STEPS), "probe_calls": [c1, c2],
+                     "probe_seconds": [round(t1, 4), round(t2, 4)], "per_call_ms": round(1000 * per_call, 3),
+                     "overhead_ms": round(1000 * overhead, 3), "full_calls": calls,
+                     "rule": "seconds = overhead + network calls x per-call time, both fitted to the two probe runs"}
+
+
+def bench_one(model: str, steps: int | None, batch: int, device: torch.device, dtype: torch.dtype,
+              runs: int = 3, sampler: str | None = None, compile: bool = False, quality_samples: int = 0,
+              reference: str = "mnist", net_src=None, full: bool = False) -> BenchRow:
+    """Time one configuration (median of ``runs`` after a warm-up). Runs of more than ``QUICK_CALLS``
+    network calls are timed at ``PROBE_STEPS`` and extrapolated unless ``full``."""
+    net, src = net_src or load(model, device, dtype)
+    opts, calls, applicable = sample_options(net, src.defaults, sampler, steps)
+    flops = count_flops(net, opts, calls)
+    if compile:
+        for module in net.sampling_networks():
+            module.compile()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warm_up(net, opts, batch, device)
+    if full or not applicable or calls <= QUICK_CALLS:
+        t = _median_seconds(net, opts, batch, device, runs)
+        timing = {"mode": "full", "full_calls": calls}
+    else:
+        t, timing = extrapolated_seconds(net, opts, calls, batch, device, runs)
     ips = batch / t
     row = BenchRow(model=model, family=net.name, sampler=opts.get("sampler", "-"), steps=calls, batch=batch,
                    device=str(device), dtype=str(dtype).replace("torch.", ""), images_per_s=round(ips, 3),
                    ms_per_step=round(1000 * t / calls, 3), seconds_per_batch=round(t, 4),
                    peak_memory_mb=round(_peak_memory_mb(device), 1), runs=runs, steps_applicable=applicable,
-                   compile=compiled, ms_per_image=round(1000 * t / batch, 3),
+                   compile=compile, ms_per_image=round(1000 * t / batch, 3),
                    gflops_per_image=round(flops / 1e9, 4) if flops else None,
                    tflops=round(flops * ips / 1e12, 5) if flops else None,
-                   peak_memory_kind="cuda" if device.type == "cuda" else "rss")
+                   peak_memory_kind="cuda" if device.type == "cuda" else "rss", timing=timing)
     if quality_samples:
-        from .metrics.evaluate import evaluate
-
         images, _ = generate(net, opts, quality_samples, batch, device)
-        result = evaluate(images, reference)
-        row.quality = {"n": result["n"], "seeds": f"0-{quality_samples - 1}", "reference": result["reference"],
-                       **result["metrics"], "baseline_fd": result["baseline_real_train_vs_heldout"]["fd"],
-                       "baseline_kid": result["baseline_real_train_vs_heldout"]["kid"],
-                       "fd_name": result["names"]["fd"]}
+        row.quality = score_images(images, reference, f"0-{quality_samples - 1}")
     return row
 
 
 def sweep(models: list[str], samplers: list[str | None], steps: list[int | None], batches: list[int],
           dtypes: list[torch.dtype], compiles: list[bool], device: torch.device, runs: int = 3,
-          quality_samples: int = 0, reference: str = "mnist", say=lambda msg: None) -> tuple[list[dict], list[dict]]:
+          quality_samples: int = 0, reference: str = "mnist", say=lambda msg: None,
+          full: bool = False) -> tuple[list[dict], list[dict]]:
     """Every combination; returns (rows, skipped). A model that cannot load, or a configuration it
     cannot run, is skipped with the reason instead of ending the sweep."""
     rows, skipped = [], []
@@ -190,7 +165,7 @@ def sweep(models: list[str], samplers: list[str | None], steps: list[int | None]
                                 # A fresh model for compiled runs, so the eager rows stay eager.
                                 pair = load(name, device, dt) if comp else (net, src)
                                 rows.append(bench_one(name, s, b, device, dt, runs, smp, comp, quality_samples,
-                                                      reference, net_src=pair).as_dict())
+                                                      reference, net_src=pair, full=full).as_dict())
                             except GmkitError as e:
                                 skipped.append({"model": name, "sampler": smp, "steps": s, "batch": b, "reason": str(e)})
                                 say(f"gmkit: warning: skipping {name} sampler={smp} steps={s}: {e}")
@@ -218,7 +193,8 @@ def pixel_twin(net):
     return twin.to(device=net.device, dtype=next(net.parameters()).dtype, memory_format=torch.channels_last)
 
 
-def latent_vs_pixel(rows: list[dict], device: torch.device, runs: int = 3, say=lambda msg: None) -> list[dict]:
+def latent_vs_pixel(rows: list[dict], device: torch.device, runs: int = 3, say=lambda msg: None,
+                    full: bool = False) -> list[dict]:
     """For each latent-diffusion row: the same sampling run by its pixel-space twin, and the ratio."""
     from .families.ldm import LDM
 
@@ -226,13 +202,14 @@ def latent_vs_pixel(rows: list[dict], device: torch.device, runs: int = 3, say=l
     for r in rows:
         if r["family"] != "ldm":
             continue
-        net, src = load(r["model"], device, getattr(torch, r["dtype"]))
+        dtype = DTYPES[r["dtype"]]
+        net, src = load(r["model"], device, dtype)
         if not isinstance(net, LDM):
             continue
         twin = pixel_twin(net)
         say(f"gmkit: bench the pixel-space twin of {r['model']} ({r['sampler']}, {r['steps']} steps, batch {r['batch']}) ...")
-        t = bench_one(r["model"] + " (pixel twin)", r["steps"], r["batch"], device, getattr(torch, r["dtype"]), runs,
-                      r["sampler"], False, 0, net_src=(twin, src)).as_dict()
+        t = bench_one(r["model"] + " (pixel twin)", r["steps"], r["batch"], device, dtype, runs,
+                      r["sampler"], False, 0, net_src=(twin, src), full=full).as_dict()
         out.append({"model": r["model"], "sampler": r["sampler"], "steps": r["steps"], "batch": r["batch"],
                     "resolution": list(net.image_shape), "latent": list(net.sample_shape),
                     "ldm_ms_per_image": r["ms_per_image"], "pixel_ms_per_image": t["ms_per_image"],

@@ -48,3 +48,17 @@ def test_ddim_claim_picks_fewest_steps_within_tolerance():
     claim = ddim_claim(rows)
     assert claim["status"] == "reached" and claim["steps"] == 20 and claim["speedup"] == 50.0
     assert ddim_claim(rows[1:])["status"] == "n/a"
+
+
+def test_bench_times_long_runs_briefly_and_says_so(tiny_run):
+    r = run_cli("bench", "--models", str(tiny_run), "--steps", "40", "--batch-size", "2", "--runs", "1", "--json")
+    assert r.code == 0, r.err
+    row = json.loads(r.out)["results"][0]
+    t = row["timing"]
+    assert t["mode"] == "extrapolated" and t["probe_calls"] == [4, 8] and t["full_calls"] == 40 and row["steps"] == 40
+    assert t["per_call_ms"] > 0 and row["seconds_per_batch"] > 0 and "extrapolated" in json.loads(r.out)["environment"]["timing"]
+    full = json.loads(run_cli("bench", "--models", str(tiny_run), "--steps", "40", "--batch-size", "2", "--runs", "1",
+                              "--full", "--json").out)["results"][0]
+    assert full["timing"]["mode"] == "full" and full["steps"] == 40
+    human = run_cli("bench", "--models", str(tiny_run), "--steps", "40", "--batch-size", "2", "--runs", "1")
+    assert human.code == 0 and "extrapolated" in human.out and "--full" in human.out  # stated in the output

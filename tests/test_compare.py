@@ -91,3 +91,23 @@ def test_nonfinite_samples_are_excluded_and_counted():
     x[:2] = float("nan")
     q = _quality_cells(Column("m"), x, Settings(), "0-11")
     assert q["n"] == 10 and q["nonfinite_samples"] == 2 and "2 of 12 samples non-finite" in q["text"]
+
+
+def test_compare_finds_the_log_through_the_recipe_even_with_a_space(tmp_path):
+    """A checkpoint file (not its folder) names its run folder in its recipe; a space in it must not matter."""
+    from conftest import TINY
+
+    run = tmp_path / "my runs" / "tiny ddpm"
+    r = run_cli("train", "ddpm", "--data", "digits", "--steps", "5", "--batch-size", "8", "--out", str(run), "--quiet", *TINY)
+    assert r.code == 0, r.err
+    from gmkit.checkpoint import read_metadata
+    from gmkit.compare import find_log
+
+    meta = read_metadata(run / "model.safetensors")
+    assert json.loads(meta["gmkit.recipe"])["run_folder"] == str(run.resolve())
+    records, where, why = find_log(str(run / "model.safetensors"), meta, {})
+    assert records is not None and [x["step"] for x in records] == [1, 2, 3, 4, 5], why
+    assert str(run / "log.jsonl") in where
+    # A checkpoint from before recipes stored the folder: its quoted command is parsed as the shell would.
+    legacy = dict(meta, **{"gmkit.recipe": json.dumps({"command": f"gmkit train ddpm --out '{run}'", "step": 5})})
+    assert find_log(str(run / "model.safetensors"), legacy, {})[0] is not None

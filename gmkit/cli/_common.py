@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -19,17 +18,6 @@ class _State:
 
 
 STATE = _State()
-
-
-def say(msg: str, quiet: bool = False) -> None:
-    """A message for people: stderr, so stdout stays clean for data."""
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def emit_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-    sys.stdout.flush()
 
 
 # Settings whose flag is not simply --setting-name (library errors name settings; see errors.OptionError).

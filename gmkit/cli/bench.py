@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, emit_json, parse_int_list, positive, resolve_device, resolve_dtype, say
+from ._common import DEVICE_HELP, parse_int_list, positive, resolve_device, resolve_dtype
+from .output import Output
 
 
 def _names(text: str) -> list[str]:
@@ -24,6 +25,8 @@ def bench_cmd(
     batch_size: str = typer.Option("16", "--batch-size", help="Batch sizes, comma-separated."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="Samplers, comma-separated (e.g. ddpm,ddim); default: what each model name implies."),
     runs: int = typer.Option(3, "--runs", help="Timed runs per configuration (the median is reported)."),
+    full: bool = typer.Option(False, "--full", help="Time complete samplings; by default runs of more than 16 network calls are "
+                              "timed at 4 and 8 steps and extrapolated (said so in the output)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help="Comma-separated: auto (fp32 on CPU, bf16 on GPU), fp32, fp16, bf16."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
@@ -31,7 +34,7 @@ def bench_cmd(
     quality: bool = typer.Option(False, "--quality", help="Also score each configuration's samples (FD, KID, precision/recall)."),
     quality_samples: int = typer.Option(128, "--quality-samples", help="Images scored per configuration (seeds 0..N-1)."),
     reference: str = typer.Option("mnist", "--reference", help="Reference data set for quality: mnist."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for results.json and plot.png (implies --quality)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", "--output", help="Folder for results.json and plot.png (implies --quality)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -41,8 +44,10 @@ def bench_cmd(
     import torch
 
     from .. import __version__
-    from ..bench import CLAIM_TOLERANCE, ddim_claim, latent_vs_pixel, plot_sweep, sweep
+    from ..bench import CLAIM_TOLERANCE, PROBE_STEPS, QUICK_CALLS, ddim_claim, latent_vs_pixel, plot_sweep, sweep
     from ..errors import GmkitError
+
+    output = Output(json_out, quiet)
 
     positive("--runs", runs)
     positive("--quality-samples", quality_samples)
@@ -63,7 +68,7 @@ def bench_cmd(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     rows, skipped = sweep(names, samplers, step_list, batches, dtypes, compiles, dev, runs,
-                          quality_samples if score else 0, reference, say=lambda m: say(m, quiet or json_out))
+                          quality_samples if score else 0, reference, say=output.message, full=full)
     if not rows:
         raise GmkitError("nothing could be benched: " + "; ".join(f"{s['model']}: {s['reason']}" for s in skipped))
     env = {"torch": torch.__version__, "gmkit": __version__, "device": str(dev), "threads": torch.get_num_threads(),
@@ -71,12 +76,14 @@ def bench_cmd(
            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
            "seeds": "image i of every batch from seed i (timed runs: 0..batch-1; quality: 0..N-1)",
            "quality_samples": quality_samples if score else None, "reference": reference if score else None,
-           "timing": f"median of {runs} run(s) after one warm-up run of min(steps, 5) steps"}
+           "timing": f"median of {runs} run(s) after one warm-up run of min(steps, 5) steps" + (
+               "" if full else f"; runs of more than {QUICK_CALLS} network calls timed at {PROBE_STEPS[0]} and "
+               f"{PROBE_STEPS[1]} steps and extrapolated linearly in network calls (--full times complete runs)")}
     claim = ddim_claim(rows, CLAIM_TOLERANCE) if score else None
     result = {"results": rows, "environment": env, "skipped": skipped}
     if claim is not None:
         result["ddim_claim"] = claim
-    latent = latent_vs_pixel(rows, dev, runs, say=lambda m: say(m, quiet or json_out))
+    latent = latent_vs_pixel(rows, dev, runs, say=output.message, full=full)
     if latent:
         result["latent_vs_pixel"] = latent
     if out is not None:
@@ -84,46 +91,45 @@ def bench_cmd(
 
         (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         plot_sweep(rows, out / "plot.png")
-        say(f"gmkit: wrote {out / 'results.json'} and {out / 'plot.png'}", quiet or json_out)
-    if json_out:
-        emit_json(result)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"gmkit bench ({env['device']}, torch {env['torch']}, {env['threads']} threads)")
-    cols = ["model", "sampler", "steps", "batch", "dtype", "images/s", "ms/image", "ms/step", "TFLOP/s", "peak MB"]
+        output.message(f"gmkit: wrote {out / 'results.json'} and {out / 'plot.png'}")
+    output.result(result)
+    cols = ["model", "sampler", "steps", "batch", "dtype", "images/s", "ms/image", "ms/step", "TFLOP/s", "peak MB", "timed"]
     if score:
         cols += ["FD", "KID", "prec", "recall", "n"]
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("model", "sampler", "dtype") else "right")
+    table = []
     for r in rows:
+        t = r["timing"]
         cells = [r["model"], r["sampler"], str(r["steps"]) if r["steps_applicable"] else "n/a", str(r["batch"]),
                  r["dtype"] + (" +compile" if r["compile"] else ""), f"{r['images_per_s']:.2f}", f"{r['ms_per_image']:.1f}",
                  f"{r['ms_per_step']:.2f}", f"{r['tflops']:.4f}" if r["tflops"] is not None else "n/a",
-                 f"{r['peak_memory_mb']:.0f}"]
+                 f"{r['peak_memory_mb']:.0f}",
+                 "full run" if t["mode"] == "full" else f"extrapolated ({'+'.join(map(str, t['probe_calls']))} calls)"]
         if score:
             q = r["quality"]
             cells += [f"{q['fd']:.3f}", f"{q['kid']:.4f}", f"{q['precision']:.2f}", f"{q['recall']:.2f}", str(q["n"])]
-        table.add_row(*cells)
-    Console(stderr=False).print(table)
+        table.append(cells)
+    output.table(f"gmkit bench ({env['device']}, torch {env['torch']}, {env['threads']} threads)", cols, table,
+                 right=set(cols) - {"model", "sampler", "dtype", "timed"})
+    verdicts = []
+    if any(r["timing"]["mode"] == "extrapolated" for r in rows):
+        verdicts.append(f"extrapolated rows: timed at {PROBE_STEPS[0]} and {PROBE_STEPS[1]} steps of the same sampler "
+                        "(median of --runs), seconds = overhead + network calls x per-call time; --full times complete runs")
     for lp in latent:
-        say(f"gmkit: {lp['model']}: latent diffusion ({'x'.join(map(str, lp['latent']))} latent) takes "
-            f"{lp['ldm_ms_per_image']:.1f} ms/image, the same UNet on {'x'.join(map(str, lp['resolution']))} pixels "
-            f"{lp['pixel_ms_per_image']:.1f} ms/image: {lp['speedup']}x cheaper in latent space "
-            f"({lp['sampler']}, {lp['steps']} steps, batch {lp['batch']})", quiet)
+        verdicts.append(f"{lp['model']}: latent diffusion ({'x'.join(map(str, lp['latent']))} latent) takes "
+                        f"{lp['ldm_ms_per_image']:.1f} ms/image, the same UNet on {'x'.join(map(str, lp['resolution']))} "
+                        f"pixels {lp['pixel_ms_per_image']:.1f} ms/image: {lp['speedup']}x cheaper in latent space "
+                        f"({lp['sampler']}, {lp['steps']} steps, batch {lp['batch']})")
     if claim is not None:
         if claim.get("status") == "reached":
-            say(f"gmkit: DDIM reaches DDPM-{claim['reference']['steps']} quality ({claim['criterion']}) at {claim['steps']} "
-                f"steps: {claim['speedup']}x the images/s", quiet)
+            verdicts.append(f"DDIM reaches DDPM-{claim['reference']['steps']} quality ({claim['criterion']}) at "
+                            f"{claim['steps']} steps: {claim['speedup']}x the images/s")
         else:
-            say(f"gmkit: DDIM claim: {claim.get('status')}: {claim.get('reason')}", quiet)
+            verdicts.append(f"DDIM claim: {claim.get('status')}: {claim.get('reason')}")
     elif len(rows) > 1:
         base = rows[0]
-        for r in rows[1:]:
-            say(f"gmkit: {r['model']} ({r['sampler']}, {r['steps']} steps) is "
-                f"{r['images_per_s'] / base['images_per_s']:.1f}x the images/s of {base['model']} "
-                f"({base['sampler']}, {base['steps']} steps)", quiet)
+        verdicts += [f"{r['model']} ({r['sampler']}, {r['steps']} steps) is {r['images_per_s'] / base['images_per_s']:.1f}x "
+                     f"the images/s of {base['model']} ({base['sampler']}, {base['steps']} steps)" for r in rows[1:]]
+    output.lines(verdicts)
 
 
 def register(app: typer.Typer) -> None:

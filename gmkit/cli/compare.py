@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, DTYPE_HELP, emit_json, parse_int_list, positive, resolve_device, resolve_dtype, say
+from ._common import DEVICE_HELP, DTYPE_HELP, parse_int_list, positive, resolve_device, resolve_dtype
+from .output import Output
 
 DEFAULT_MODELS = "vae,vqvae,augvae,gan,flow,ddpm,ddim"
 
@@ -15,8 +16,8 @@ DEFAULT_MODELS = "vae,vqvae,augvae,gan,flow,ddpm,ddim"
 def compare_cmd(
     models: str = typer.Option(DEFAULT_MODELS, "--models", help="Comma-separated model sources (bundled names, run folders, files, image folders)."),
     data: str = typer.Option("mnist", "--data", help="Data every model is measured on (quality needs a gmkit extractor: mnist)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.json, samples.png, plots and index.html."),
-    samples: int = typer.Option(256, "--samples", help="Images per model for quality and speed (seeds 0..N-1)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", "--output", help="Folder for report.json, samples.png, plots and index.html."),
+    samples: int = typer.Option(256, "-n", "--num-images", "--samples", help="Images per model for quality and speed (seeds 0..N-1)."),
     slow_samples: int = typer.Option(16, "--slow-samples", help="Images for configurations with more than 100 network calls per image (DDPM-1000)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images generated at once."),
     sweep_steps: str = typer.Option("10,20", "--sweep-steps", help="Extra DDIM step counts for the quality-vs-steps plot of diffusion models ('' for none)."),
@@ -33,6 +34,8 @@ def compare_cmd(
     """Measure every cell of the textbook table (latent, stability, quality, speed, likelihood, size) per model."""
     from ..compare import Settings, compare, table_rows, write_report
     from ..errors import GmkitError
+
+    output = Output(json_out, quiet)
 
     for name, v in (("--samples", samples), ("--slow-samples", slow_samples), ("--batch-size", batch_size),
                     ("--sweep-samples", sweep_samples), ("--likelihood-images", likelihood_images),
@@ -58,31 +61,20 @@ def compare_cmd(
                  sweep_samples=sweep_samples, likelihood_images=likelihood_images, seeds=seeds,
                  train_steps=train_steps, seed_samples=min(64, samples), logs=logs, device=str(dev),
                  dtype=str(dt).replace("torch.", ""))
-    report, cols = compare(names, s, say=lambda m: say(m, quiet or json_out))
+    report, cols = compare(names, s, say=output.message)
     if out is not None:
         write_report(report, cols, out)
-        say(f"gmkit: wrote {out / 'report.json'}, {out / 'samples.png'}, plots and {out / 'index.html'} "
-            f"({report['seconds']:.0f} s)", quiet or json_out)
-    if json_out:
-        emit_json(report)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
+        output.message(f"gmkit: wrote {out / 'report.json'}, {out / 'samples.png'}, plots and {out / 'index.html'} "
+                       f"({report['seconds']:.0f} s)")
+    output.result(report)
     heads, rows = table_rows(report)
     env = report["environment"]
-    t = Table(title=f"gmkit compare on {data} ({env['device']}, torch {env['torch']}, gmkit {env['gmkit']})",
-              show_lines=True)
-    t.add_column("")
-    for h in heads:
-        t.add_column(h, overflow="fold")
-    for label, cells in rows:
-        t.add_row(label, *[f"[dim]{c}[/dim]" if c.startswith("n/a") else c for c in cells])
-    Console().print(t)
-    for c in report.get("claims", []):
-        say(f"claim: {c['claim']}: {c['verdict']} ({c['evidence']})", quiet)
-    say("gmkit: samples per model: " + "; ".join(f"{m['source']} {m['info'].get('samples', '-')}" for m in report["models"])
-        + f". {report['seconds']:.0f} s in all.", quiet)
+    output.table(f"gmkit compare on {data} ({env['device']}, torch {env['torch']}, gmkit {env['gmkit']})", [""] + heads,
+                 [[label, *[f"[dim]{c}[/dim]" if c.startswith("n/a") else c for c in cells]] for label, cells in rows],
+                 lines=True)
+    output.lines([f"claim: {c['claim']}: {c['verdict']} ({c['evidence']})" for c in report.get("claims", [])]
+                 + ["samples per model: " + "; ".join(f"{m['source']} {m['info'].get('samples', '-')}" for m in report["models"])
+                    + f". {report['seconds']:.0f} s in all."])
 
 
 def register(app: typer.Typer) -> None:
