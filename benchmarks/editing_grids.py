@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from gmkit.data import load_data
-from gmkit.imageio import _pil, make_grid
+from gmkit.imageio import make_grid, to_pil
 from gmkit.registry import load
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -74,9 +74,9 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if args.grid_prefix:
         Path(args.grid_prefix).parent.mkdir(parents=True, exist_ok=True)
-        _pil(make_grid(torch.cat(rows), nrow=n)).save(f"{args.grid_prefix}_img2img.png")
+        to_pil(make_grid(torch.cat(rows), nrow=n)).save(f"{args.grid_prefix}_img2img.png")
         holed = x * (1 - mask) + mask  # the hole shown white
-        _pil(make_grid(torch.cat([x, holed, inpaint["ddim"], inpaint["ddpm"]]), nrow=n)).save(f"{args.grid_prefix}_inpaint.png")
+        to_pil(make_grid(torch.cat([x, holed, inpaint["ddim"], inpaint["ddpm"]]), nrow=n)).save(f"{args.grid_prefix}_inpaint.png")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 
 from gmkit.data import load_data
 from gmkit.families.sr import degrade, upsample
-from gmkit.imageio import _pil, make_grid
+from gmkit.imageio import make_grid, to_pil
 from gmkit.metrics.restoration import psnr, ssim
 from gmkit.registry import load
 
@@ -64,7 +64,7 @@ def main() -> None:
         k = min(8, len(high))
         rows = [upsample(low[:k], scale, "nearest"), upsample(low[:k], scale), model_out[:k], high[:k]]
         Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        _pil(make_grid(torch.cat(rows), nrow=k)).save(args.grid)
+        to_pil(make_grid(torch.cat(rows), nrow=k)).save(args.grid)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .checkpoint import read_header, read_metadata
-from .registry import BUNDLED, bundled_path
+from .registry import BUNDLED_MODELS, bundled_path
 
 
 def _param_count(path) -> int:
@@ -25,7 +25,7 @@ def bundled_models() -> list[dict]:
     from .families import get_family
 
     rows = []
-    for name, b in BUNDLED.items():
+    for name, b in BUNDLED_MODELS.items():
         path = bundled_path(name)
         row = {"name": name, "family": b.family, "file": str(path), "about": b.about, "defaults": b.defaults,
                "size_mb": None, "params": None, "capabilities": sorted(get_family(b.family).capabilities)}

@@ -31,7 +31,7 @@ class Bundled:
     about: str = ""
 
 
-BUNDLED: dict[str, Bundled] = {
+BUNDLED_MODELS: dict[str, Bundled] = {
     "ddpm": Bundled("ddpm.safetensors", "ddpm", {"sampler": "ddpm"}, "DDPM on MNIST, ancestral sampler, 1000 steps"),
     "ddim": Bundled("ddpm.safetensors", "ddpm", {"sampler": "ddim", "steps": 50}, "the DDPM network with the DDIM sampler, 50 steps"),
     "vae": Bundled("vae.safetensors", "vae", {}, "convolutional Gaussian VAE on MNIST, 16-d latent, discretized-logistic decoder"),
@@ -51,7 +51,7 @@ HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^/]+))?(
 
 
 def bundled_path(name: str) -> Path:
-    return Path(str(resources.files("gmkit") / "weights" / BUNDLED[name].file))
+    return Path(str(resources.files("gmkit") / "weights" / BUNDLED_MODELS[name].file))
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Resolved:
 
 
 def _known() -> str:
-    return ", ".join(BUNDLED)
+    return ", ".join(BUNDLED_MODELS)
 
 
 def _hub_file(repo: str, revision: str | None, subfolder: str | None) -> Path:
@@ -99,11 +99,11 @@ def _hub_file(repo: str, revision: str | None, subfolder: str | None) -> Path:
 
 def locate(source: str) -> tuple[Path, dict]:
     """Where a source's checkpoint file is, and the sample defaults its name implies."""
-    if source in BUNDLED and not Path(source).exists():
+    if source in BUNDLED_MODELS and not Path(source).exists():
         path = bundled_path(source)
         if not path.exists():
             raise GmkitError(f"bundled model {source!r} is missing from the installation ({path}); reinstall gmkit")
-        return path, dict(BUNDLED[source].defaults)
+        return path, dict(BUNDLED_MODELS[source].defaults)
     path = Path(source)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise GmkitError(f"{source}: pickled weights are refused (loading them can run arbitrary code); "
@@ -130,7 +130,7 @@ def diffusers_files(source: str):
     from .interop.hub import hub_pipeline_files, local_files
 
     path = Path(source)
-    if source in BUNDLED and not path.exists():
+    if source in BUNDLED_MODELS and not path.exists():
         return None
     if path.is_dir():
         return local_files(path, source) if (path / "model_index.json").is_file() else None

@@ -60,7 +60,7 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     from .families import get_family
     from .families.base import TrainSetup
     from .loop import DTYPES, dist_info, load_resume_config, read_train_state, train as run_loop
-    from .registry import BUNDLED
+    from .registry import BUNDLED_MODELS
 
     for name, v in (("steps", steps), ("batch_size", batch_size), ("image_size", image_size),
                     ("checkpoint_every", checkpoint_every)):
@@ -68,7 +68,7 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     _positive("lr", lr, (int, float))
     if on_bad_image not in ("skip", "error"):
         raise OptionError("on_bad_image", "must be skip or error")
-    cls = get_family(BUNDLED[family].family if family in BUNDLED else family)
+    cls = get_family(BUNDLED_MODELS[family].family if family in BUNDLED_MODELS else family)
     given_options = cls.check_train_options({k: v for k, v in family_options.items() if v is not None})
     rank, local_rank, world = dist_info()
     dev = resolve_device(device)

@@ -2,7 +2,6 @@
 
     out = Output(json_mode, quiet)
     out.message("gmkit: ...")          stderr, unless --quiet
-    out.warning("...")                 stderr "gmkit: warning: ...", unless --quiet
     out.result(report, "human line")   stdout: the report as JSON with --json, else the line
     out.table(title, columns, rows)    stdout: a Rich table on a terminal, plain aligned columns in a pipe
     out.binary(data, "--out -")        stdout bytes; refused (one line) when stdout is a terminal
@@ -25,9 +24,6 @@ class Output:
     def message(self, text: str) -> None:
         if not self.quiet:
             print(text, file=sys.stderr, flush=True)
-
-    def warning(self, text: str) -> None:
-        self.message(f"gmkit: warning: {text}")
 
     def result(self, data: dict, human: str | None = None) -> None:
         """The command's result: JSON with --json, else ``human`` (nothing if None) on stdout."""

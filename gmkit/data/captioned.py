@@ -103,7 +103,7 @@ def render_openmoji(size: int, cache: Path) -> tuple[np.ndarray, list[str], list
     return x, names, kept
 
 
-def read_metadata(root: Path, files: list[Path]) -> list[list[str]]:
+def read_captions(root: Path, files: list[Path]) -> list[list[str]]:
     """Captions for ``files`` from ``root/metadata.jsonl`` (``file_name`` and ``text`` per line).
 
     A caption may be a string or a list of strings (variants). Every image needs one.

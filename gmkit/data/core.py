@@ -230,12 +230,12 @@ def _folder(root: Path, split: str, size: int | None, channels: int | None, on_e
         os.replace(tmp, cached)
     captions = None
     if (root / "metadata.jsonl").is_file():
-        from .captioned import read_metadata
+        from .captioned import read_captions
 
         if len(files) != len(arr):
             raise GmkitError(f"{root}: some images could not be read, so captions cannot be matched to them; "
                              "fix or remove those files (--on-bad-image error names them)")
-        captions = read_metadata(root, files)
+        captions = read_captions(root, files)
     if split not in ("train", "all"):
         mask = _held_out_mask(labels)
         arr, labels = _split(arr, labels, split)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..diffusion.samplers import randn
 from ..errors import GmkitError
-from ..nn.autoencoder import ConvDecoder, ConvEncoder
+from ..nn.encoder_decoder import ConvDecoder, ConvEncoder
 from ..nn.likelihood import discretized_logistic_logp
 from .base import DECODE, ENCODE, LIKELIHOOD, SAMPLE, Family
 

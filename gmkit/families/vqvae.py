@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GmkitError
-from ..nn.autoencoder import ConvDecoder, ConvEncoder
+from ..nn.encoder_decoder import ConvDecoder, ConvEncoder
 from ..nn.quantizer import VectorQuantizer
 from .base import DECODE, ENCODE, SAMPLE, Family
 

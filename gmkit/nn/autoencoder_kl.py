@@ -81,7 +81,7 @@ class NearestUpsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class MidBlock(nn.Module):
+class AutoencoderMidBlock(nn.Module):
     def __init__(self, ch: int, cfg: AutoencoderKLConfig):
         super().__init__()
         self.resnets = nn.ModuleList([ResnetBlock(ch, ch, None, 0.0, cfg.norm_num_groups, cfg.norm_eps) for _ in range(2)])
@@ -102,7 +102,7 @@ class Encoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
         self.down_blocks = nn.ModuleList(
             DownEncoderBlock(chs[max(i - 1, 0)], ch, cfg.layers_per_block, i < len(chs) - 1, cfg) for i, ch in enumerate(chs))
-        self.mid_block = MidBlock(chs[-1], cfg)
+        self.mid_block = AutoencoderMidBlock(chs[-1], cfg)
         self.conv_norm_out = group_norm(chs[-1], cfg.norm_num_groups, cfg.norm_eps)
         self.conv_out = nn.Conv2d(chs[-1], 2 * cfg.latent_channels, 3, padding=1)
 
@@ -118,7 +118,7 @@ class Decoder(nn.Module):
         super().__init__()
         rev = list(reversed(cfg.block_out_channels))
         self.conv_in = nn.Conv2d(cfg.latent_channels, rev[0], 3, padding=1)
-        self.mid_block = MidBlock(rev[0], cfg)
+        self.mid_block = AutoencoderMidBlock(rev[0], cfg)
         self.up_blocks = nn.ModuleList(
             UpDecoderBlock(rev[max(i - 1, 0)], ch, cfg.layers_per_block + 1, i < len(rev) - 1, cfg) for i, ch in enumerate(rev))
         self.conv_norm_out = group_norm(rev[-1], cfg.norm_num_groups, cfg.norm_eps)
