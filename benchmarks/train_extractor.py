@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/train_extractor.py
 
-Prints the file's sha256, which must then be recorded in gmkit/metrics/extractor.py.
+Prints the file's sha256, which must then be recorded in gmkit/metrics/mnist.py.
 """
 
 import hashlib
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from gmkit.checkpoint import save_tensors
-from gmkit.metrics.extractor import EXTRACTORS, extractor_path, train_extractor
+from gmkit.metrics.mnist import EXTRACTORS, extractor_path, train_extractor
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -102,7 +102,7 @@ def extrapolated_seconds(net, opts: dict, calls: int, batch: int, device: torch.
 
 def bench_one(model: str, steps: int | None, batch: int, device: torch.device, dtype: torch.dtype,
               runs: int = 3, sampler: str | None = None, compile: bool = False, quality_samples: int = 0,
-              reference: str = "mnist", net_src=None, full: bool = False) -> BenchRow:
+              reference: str = "mnist", net_src=None, full: bool = False, extractor=None) -> BenchRow:
     """Time one configuration (median of ``runs`` after a warm-up). Runs of more than ``QUICK_CALLS``
     network calls are timed at ``PROBE_STEPS`` and extrapolated unless ``full``."""
     net, src = net_src or load(model, device, dtype)
@@ -130,13 +130,13 @@ def bench_one(model: str, steps: int | None, batch: int, device: torch.device, d
                    peak_memory_kind="cuda" if device.type == "cuda" else "rss", timing=timing)
     if quality_samples:
         images, _ = generate(net, opts, quality_samples, batch, device)
-        row.quality = score_images(images, reference, f"0-{quality_samples - 1}")
+        row.quality = score_images(images, reference, f"0-{quality_samples - 1}", extractor, str(device))
     return row
 
 
 def sweep(models: list[str], samplers: list[str | None], steps: list[int | None], batches: list[int],
           dtypes: list[torch.dtype], compiles: list[bool], device: torch.device, runs: int = 3,
-          quality_samples: int = 0, reference: str = "mnist", say=lambda msg: None,
+          quality_samples: int = 0, reference: str = "mnist", say=lambda msg: None, extractor=None,
           full: bool = False) -> tuple[list[dict], list[dict]]:
     """Every combination; returns (rows, skipped). A model that cannot load, or a configuration it
     cannot run, is skipped with the reason instead of ending the sweep."""
@@ -165,7 +165,7 @@ def sweep(models: list[str], samplers: list[str | None], steps: list[int | None]
                                 # A fresh model for compiled runs, so the eager rows stay eager.
                                 pair = load(name, device, dt) if comp else (net, src)
                                 rows.append(bench_one(name, s, b, device, dt, runs, smp, comp, quality_samples,
-                                                      reference, net_src=pair, full=full).as_dict())
+                                                      reference, net_src=pair, full=full, extractor=extractor).as_dict())
                             except GmkitError as e:
                                 skipped.append({"model": name, "sampler": smp, "steps": s, "batch": b, "reason": str(e)})
                                 say(f"gmkit: warning: skipping {name} sampler={smp} steps={s}: {e}")
@@ -236,8 +236,9 @@ def ddim_claim(rows: list[dict], tolerance: float = CLAIM_TOLERANCE) -> dict:
     out = {"reference": {k: ref[k] for k in ("model", "sampler", "steps", "batch", "dtype", "images_per_s")} | {"fd": ref["quality"]["fd"]},
            "criterion": f"FD <= {1 + tolerance:.2f} x the reference FD ({target:.3f})",
            "ddim": [{"steps": r["steps"], "fd": r["quality"]["fd"], "images_per_s": r["images_per_s"]} for r in cands],
-           "note": "FD over gmkit's MNIST extractor; sample counts per row in quality.n. With few samples FD is noisy: "
-                   "compare the gap with the real-vs-real baseline (quality.baseline_fd)."}
+           "note": f"{ref['quality'].get('fd_name', 'FD')} over the {ref['quality'].get('extractor', '?')} extractor; sample "
+                   "counts per row in quality.n. With few samples FD is noisy: compare the gap with the real-vs-real "
+                   "baseline (quality.baseline_fd)."}
     hit = next((r for r in cands if r["quality"]["fd"] <= target), None)
     if hit is None:
         out.update(status="not reached", reason=f"no swept DDIM step count reached {target:.3f}")

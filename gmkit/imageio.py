@@ -151,37 +151,81 @@ def pil_tensor(im, channels: int, size: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy())[None] / 127.5 - 1
 
 
-def load_image_set(path: str):
-    """A folder of images (any size: resized, and said so), or a .safetensors holding an images tensor."""
-    from .data.core import list_images
+class ImageSet:
+    """A folder of images, or a .safetensors holding an images tensor, read in batches as (N, C, H, W) in
+    [-1, 1] at the images' own size and colour (grey only if every image is grey); mixed sizes are
+    centre-cropped and resized to the most common one, and said so in ``notes``. Only the headers are
+    read up front, so 50,000 samples never sit in memory as floats."""
 
-    p = Path(path)
-    if p.is_file() and p.suffix == ".safetensors":
-        from .checkpoint import load_tensors
+    def __init__(self, path: str):
+        from collections import Counter
 
-        tensors, _ = load_tensors(p)
-        x = tensors.get("images", next(iter(tensors.values())) if len(tensors) == 1 else None)
-        if x is None or x.ndim != 4:
-            raise GmkitError(f"{path}: expected an 'images' tensor of shape (N, C, H, W)")
-        return x.float(), []
-    if not p.is_dir():
-        raise GmkitError(f"{path}: not a folder of images nor a .safetensors file")
-    files = list_images(p)
-    if not files:
-        raise GmkitError(f"{path}: no images in this folder")
-    from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-    sizes = set()
-    for f in files[:2000]:
-        with Image.open(f) as im:
-            sizes.add(im.size)
-    notes = [f"images of {len(sizes)} different sizes: each resized to 28x28"] if len(sizes) > 1 else []
-    import contextlib
-    import io
+        from .data.core import list_images
 
-    with contextlib.redirect_stderr(io.StringIO()):  # per-file resize notes: summarised above instead
-        x = torch.cat([load_image_file(str(f), 1, 28) for f in files])
-    return x, notes
+        self.path, self.notes, self.tensor, self.files = path, [], None, []
+        p = Path(path)
+        if p.is_file() and p.suffix == ".safetensors":
+            from .checkpoint import load_tensors
+
+            tensors, _ = load_tensors(p)
+            x = tensors.get("images", next(iter(tensors.values())) if len(tensors) == 1 else None)
+            if x is None or x.ndim != 4:
+                raise GmkitError(f"{path}: expected an 'images' tensor of shape (N, C, H, W)")
+            self.tensor = x.float()
+            self.count, self.shape = len(x), tuple(x.shape[1:])
+            return
+        if not p.is_dir():
+            raise GmkitError(f"{path}: not a folder of images nor a .safetensors file")
+        self.files = list_images(p)
+        if not self.files:
+            raise GmkitError(f"{path}: no images in this folder")
+        sizes, grey = Counter(), True
+        try:
+            for f in self.files:
+                with Image.open(f) as im:
+                    sizes[im.size] += 1
+                    grey = grey and im.mode in ("1", "L", "LA", "I", "I;16", "F")
+        except (OSError, UnidentifiedImageError) as e:
+            raise GmkitError(f"{f}: cannot read image ({e})") from None
+        (w, h), _ = sizes.most_common(1)[0]
+        if len(sizes) > 1:
+            self.notes.append(f"images of {len(sizes)} different sizes: each centre-cropped and resized to {w}x{h}")
+        self.count, self.shape = len(self.files), (1 if grey else 3, h, w)
+
+    @classmethod
+    def from_tensor(cls, x: torch.Tensor, label: str = "images") -> "ImageSet":
+        self = cls.__new__(cls)
+        self.path, self.notes, self.tensor, self.files = label, [], x, []
+        self.count, self.shape = len(x), tuple(x.shape[1:])
+        return self
+
+    def batches(self, size: int = 256):
+        if self.tensor is not None:
+            yield from self.tensor.split(size)
+            return
+        from PIL import Image, ImageOps
+
+        c, h, w = self.shape
+        for i in range(0, self.count, size):
+            arrays = []
+            for f in self.files[i:i + size]:
+                im = open_image(str(f)).convert("L" if c == 1 else "RGB")
+                if im.size != (w, h):
+                    im = ImageOps.fit(im, (w, h), Image.Resampling.LANCZOS)
+                a = np.asarray(im, dtype=np.uint8)
+                arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            yield torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1
+
+    def all(self) -> torch.Tensor:
+        return self.tensor if self.tensor is not None else torch.cat(list(self.batches()))
+
+
+def load_image_set(path: str) -> tuple[torch.Tensor, list[str]]:
+    """An ``ImageSet`` read whole, and its notes."""
+    images = ImageSet(path)
+    return images.all(), images.notes
 
 
 def load_input_image(path, channels: int, size_for, quiet: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:

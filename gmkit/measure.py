@@ -8,6 +8,7 @@ image's FLOPs, and ``score_images`` is the one place a set of images meets the m
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -71,27 +72,38 @@ def count_flops(net, opts: dict, calls: int) -> float | None:
         return None
 
 
-def score_images(images: torch.Tensor, reference: str, seeds: str) -> dict:
-    """Sample quality of ``images`` against ``reference``'s held-out split, beside the real-vs-real
-    baseline: FD, KID, precision/recall, their names, the sample count and which seeds."""
+@functools.lru_cache(maxsize=2)
+def quality_extractor(reference: str, extractor: str | None = None, device: str = "cpu"):
+    """The extractor that scores images against ``reference``, loaded once: the one named, else the
+    reference's own (mnist for the bundled digits, a statistics file's), else inception."""
+    from .metrics.evaluate import resolve
+
+    return resolve(reference, extractor, None, device)
+
+
+def quality_problem(reference: str, extractor: str | None = None, device: str = "cpu") -> str | None:
+    """Why images cannot be scored against ``reference`` (e.g. the extractor's weights are missing), or None."""
+    from .errors import GmkitError
+
+    try:
+        quality_extractor(reference, extractor, device)
+    except GmkitError as e:
+        return str(e)
+    return None
+
+
+def score_images(images: torch.Tensor, reference: str, seeds: str, extractor=None, device: str = "cpu") -> dict:
+    """Sample quality of ``images`` against ``reference``'s held-out split through ``extractor`` (a name,
+    a loaded extractor, or None for the reference's own), beside the real-vs-real baseline: FD, KID,
+    precision/recall, density/coverage, their names, the extractor, the sample count and which seeds."""
     from .metrics.evaluate import evaluate
+    from .metrics.extractors import Extractor
 
-    r = evaluate(images, reference)
-    m, b = r["metrics"], r["baseline_real_train_vs_heldout"]
-    return {**m, "n": r["n"], "seeds": seeds, "baseline_fd": b["fd"], "baseline_kid": b["kid"],
-            "baseline_precision": b["precision"], "baseline_recall": b["recall"], "fd_name": r["names"]["fd"],
-            "kid_name": r["names"]["kid"], "confident_share": r["confident_share"],
-            "class_histogram": r["class_histogram"], "reference": r["reference"]}
-
-
-def can_score(reference: str) -> bool:
-    """Whether ``score_images`` has an extractor for this reference data set."""
-    from .metrics.extractor import EXTRACTORS
-
-    return reference in EXTRACTORS
-
-
-def scorable() -> list[str]:
-    from .metrics.extractor import EXTRACTORS
-
-    return list(EXTRACTORS)
+    ext = extractor if isinstance(extractor, Extractor) else quality_extractor(reference, extractor, str(device))
+    r = evaluate(images, reference, ext)
+    m, b = r["metrics"], r["baseline_real_train_vs_heldout"] or {}
+    return {**m, "n": r["n"], "seeds": seeds, "baseline_fd": b.get("fd"), "baseline_kid": b.get("kid"),
+            "baseline_precision": b.get("precision"), "baseline_recall": b.get("recall"), "baseline_n": r["baseline_n"],
+            "fd_name": r["names"]["fd"], "kid_name": r["names"]["kid"], "extractor": r["extractor"],
+            "confident_share": r.get("confident_share"), "class_histogram": r.get("class_histogram"),
+            "reference": r["reference"], "warnings": r["warnings"]}

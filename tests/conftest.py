@@ -80,3 +80,69 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- metrics: RGB image folders and tiny random transformers extractors (no downloads) ------------
+
+def draw_shapes(folder: Path, n: int, seed: int, size: int = 64, palette: str = "warm") -> Path:
+    """``n`` RGB PNGs of random ellipses and boxes; ``palette`` shifts the colours (a second distribution)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lo, hi = (120, 255) if palette == "warm" else (0, 140)
+    for i in range(n):
+        im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 255, 3)))
+        d = ImageDraw.Draw(im)
+        for _ in range(3):
+            x0, y0 = (int(v) for v in rng.integers(0, size - 16, 2))
+            w, h = (int(v) for v in rng.integers(8, 32, 2))
+            colour = (int(rng.integers(lo, hi)), int(rng.integers(0, 255)), int(rng.integers(lo, hi)))
+            (d.ellipse if rng.random() < 0.5 else d.rectangle)([x0, y0, x0 + w, y0 + h], fill=colour)
+        im.save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rgb_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """(reference, samples): 60 and 12 RGB 64 px images of two colour distributions."""
+    root = tmp_path_factory.mktemp("rgb")
+    return draw_shapes(root / "reference", 60, 0), draw_shapes(root / "samples", 12, 1, palette="cold")
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer DINOv2 saved with its image processor."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    out = tmp_path_factory.mktemp("dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
+                             image_size=32, patch_size=8)).save_pretrained(out)
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, resample=3,
+                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A randomly initialised tiny CLIP with a character-level tokenizer and its image processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    out = tmp_path_factory.mktemp("clip")
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                pad_token_id=vocab["<|endoftext|>"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(out)
+    tok.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return out

@@ -3,7 +3,7 @@
 import torch
 
 from gmkit.data import load_data
-from gmkit.metrics.extractor import extract, load_extractor
+from gmkit.metrics.mnist import extract, load_extractor
 from gmkit.registry import load
 
 

@@ -83,8 +83,120 @@ def test_metrics_folder_of_mixed_sizes_and_empty_folder(tmp_path):
 
 def test_extractor_hash_is_checked(monkeypatch):
     from gmkit.errors import GmkitError
-    from gmkit.metrics import extractor
+    from gmkit.metrics import mnist
 
-    monkeypatch.setitem(extractor.EXTRACTORS, "mnist", ("extractor-mnist.safetensors", "0" * 64, "mnist", 28))
+    monkeypatch.setitem(mnist.EXTRACTORS, "mnist", ("extractor-mnist.safetensors", "0" * 64, "mnist", 28))
     with pytest.raises(GmkitError, match="sha256"):
-        extractor.load_extractor("mnist")
+        mnist.load_extractor("mnist")
+
+
+def test_precision_recall_density_coverage_equal_prdc():
+    """Against Naeem et al.'s reference implementation (the prdc package), on continuous features."""
+    from prdc import compute_prdc
+
+    from gmkit.metrics.distances import density_coverage
+
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(300, 8)), rng.normal(0.3, 1.2, size=(200, 8))
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+        ref3, ref5 = compute_prdc(real, fake, 3), compute_prdc(real, fake, 5)
+    assert precision_recall(real, fake, 3) == pytest.approx((ref3["precision"], ref3["recall"]), abs=1e-6)  # counts: 1/200 apart
+    assert density_coverage(real, fake, 5) == pytest.approx((ref5["density"], ref5["coverage"]), abs=1e-6)
+
+
+def test_statistics_file_round_trips_exactly(tmp_path):
+    from gmkit.data import load_data
+    from gmkit.imageio import save_images
+    from gmkit.metrics.extractors import get_extractor
+    from gmkit.metrics.reference import from_source, read_stats
+
+    stats = tmp_path / "mnist-ref.safetensors"
+    r = run_cli("metrics", "mnist", "--save-stats", str(stats))
+    assert r.code == 0, r.err
+    fresh, saved = from_source("mnist", get_extractor("mnist"), pool_size=10_000), read_stats(stats)
+    for name in ("features", "mean", "cov", "pool"):
+        a, b = getattr(fresh, name), getattr(saved, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert (saved.extractor, saved.channels, saved.size) == ("gmkit-mnist", 1, (28, 28))
+    held = load_data("mnist", "train").images[:64]
+    save_images(held, str(tmp_path / "x.safetensors"))
+    by_file = json.loads(run_cli("metrics", str(tmp_path / "x.safetensors"), "--reference", str(stats), "--json").out)
+    by_name = json.loads(run_cli("metrics", str(tmp_path / "x.safetensors"), "--reference", "mnist", "--json").out)
+    for key in ("metrics", "baseline_real_train_vs_heldout", "names", "extractor", "reference"):
+        assert by_file[key] == by_name[key], key
+    # a statistics file only answers for its own extractor
+    r = run_cli("metrics", str(tmp_path / "x.safetensors"), "--reference", str(stats), "--extractor", "inception",
+                "--extractor-weights", str(stats))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1
+
+
+def test_metrics_compare_and_bench_on_an_rgb_folder(rgb_folders, tiny_dinov2, tmp_path):
+    ref, samples = rgb_folders
+    ext = str(tiny_dinov2)
+    r = run_cli("metrics", str(samples), "--reference", str(ref), "--extractor", ext, "--json")
+    assert r.code == 0, r.err
+    res = json.loads(r.out)
+    assert res["names"] == {"fd": f"FD-{tiny_dinov2.name}", "kid": f"KID-{tiny_dinov2.name}"}
+    assert res["extractor"] == tiny_dinov2.name and "held-out split" in res["reference"]
+    for m in (res["metrics"], res["baseline_real_train_vs_heldout"]):
+        assert {"fd", "kid", "precision", "recall", "density", "coverage"} <= set(m) and m["fd"] > 0
+    assert res["baseline_n"] == res["n"] == 12 and not res["warnings"]
+    r = run_cli("metrics", str(samples), "--reference", str(ref), "--extractor", ext)  # the table names the extractor
+    assert r.code == 0 and f"FD-{tiny_dinov2.name}" in r.out and f"extractor: {tiny_dinov2.name}" in r.out
+
+    # an RGB model trained on the folder (the bundled vae is grey 28 px), then compare (with the folder of samples beside it) and bench --quality
+    run = tmp_path / "rgb-vae"
+    r = run_cli("train", "vae", "--data", str(ref), "--steps", "2", "--batch-size", "4", "--out", str(run), "--quiet",
+                "--set", "train.preview=0")
+    assert r.code == 0, r.err
+    r = run_cli("compare", "--models", f"{run},{samples},vae", "--data", str(ref), "--extractor", ext, "--samples", "6",
+                "--slow-samples", "6", "--sweep-steps", "", "--likelihood-images", "2", "--batch-size", "6", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["extractor"]["name"] == tiny_dinov2.name
+    model, folder, vae = report["models"]
+    assert model["cells"]["quality"]["fd_name"] == f"FD-{tiny_dinov2.name}" and model["cells"]["quality"]["n"] == 6
+    assert folder["cells"]["quality"]["fd"] > 0
+    assert "n/a" in vae["cells"]["quality"]["text"]  # grey 28 px model against RGB data: n/a with the reason
+    assert any(f"FD-{tiny_dinov2.name}" in n for n in report["notes"])
+    r = run_cli("bench", "--models", str(run), "--batch-size", "3", "--runs", "1", "--quality",
+                "--quality-samples", "6", "--reference", str(ref), "--extractor", ext, "--json")
+    assert r.code == 0, r.err
+    bench = json.loads(r.out)
+    q = bench["results"][0]["quality"]
+    assert q["n"] == 6 and q["fd_name"] == f"FD-{tiny_dinov2.name}" and q["fd"] > 0
+    assert bench["environment"]["extractor"] == tiny_dinov2.name
+
+
+def test_refusals_and_warnings_are_one_line(rgb_folders, tmp_path):
+    ref, samples = rgb_folders
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (("metrics", str(samples), "--reference", str(ref), "--extractor", "nosuch"), "unknown"),
+        (("metrics", str(samples), "--reference", str(tmp_path / "empty"), "--extractor", "mnist"), "no images"),
+        (("metrics", str(tmp_path / "empty")), "no images"),
+        (("metrics", str(samples), "--reference", "mnist"), "3 channel(s) but reference mnist has 1"),
+        (("metrics", str(samples), "--reference", str(ref), "--extractor", "mnist", "--prompt", "a cat"), "CLIP"),
+    ]
+    for args, expected in cases:
+        r = run_cli(*args)
+        assert r.code == 2 and expected in r.err and len(r.err.strip().splitlines()) == 1, (args, r.err)
+    # the digit extractor on colour images: measured, with a warning that says what it is worth
+    r = run_cli("metrics", str(samples), "--reference", str(ref), "--extractor", "mnist", "--json")
+    assert r.code == 0 and "warning: the mnist extractor knows grey handwritten digits only" in r.err
+    assert json.loads(r.out)["warnings"]
+
+
+def test_a_folder_is_scored_in_batches_as_the_whole_tensor_would_be(rgb_folders, tiny_dinov2, monkeypatch):
+    from gmkit.imageio import ImageSet, load_image_set
+    from gmkit.metrics import evaluate
+
+    ref, samples = rgb_folders
+    whole = evaluate(load_image_set(str(samples))[0], str(ref), str(tiny_dinov2))
+    batches = ImageSet.batches
+    monkeypatch.setattr(ImageSet, "batches", lambda self, size=256: batches(self, 5))  # 12 images: 5 + 5 + 2
+    streamed = evaluate(str(samples), str(ref), str(tiny_dinov2))
+    assert streamed["metrics"] == pytest.approx(whole["metrics"], rel=1e-6) and streamed["n"] == 12

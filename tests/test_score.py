@@ -266,7 +266,7 @@ def test_vp_sde_trains_and_samples(tmp_path):
 
 def test_bundled_score_model_draws_digits_and_inverts_through_the_ode():
     from gmkit.data import load_data
-    from gmkit.metrics.extractor import extract, load_extractor
+    from gmkit.metrics.mnist import extract, load_extractor
     from gmkit.registry import load
 
     net, src = load("score")

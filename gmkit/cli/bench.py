@@ -33,7 +33,8 @@ def bench_cmd(
     compile_both: bool = typer.Option(False, "--compile-both", help="Sweep eager and compiled."),
     quality: bool = typer.Option(False, "--quality", help="Also score each configuration's samples (FD, KID, precision/recall)."),
     quality_samples: int = typer.Option(128, "--quality-samples", help="Images scored per configuration (seeds 0..N-1)."),
-    reference: str = typer.Option("mnist", "--reference", help="Reference data set for quality: mnist."),
+    reference: str = typer.Option("mnist", "--reference", help="Reference for quality: a bundled data set, a folder, a Hugging Face dataset (its held-out split), or a statistics file."),
+    extractor: Optional[str] = typer.Option(None, "--extractor", help="Feature extractor for quality: inception (FID), dinov2, clip, mnist, or a transformers model (folder or Hub id). Default: the reference's own, else inception."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", "--output", help="Folder for results.json and plot.png (implies --quality)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -67,8 +68,13 @@ def bench_cmd(
         raise GmkitError("--quality-samples must be at least 4 to score samples")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    ext = None
+    if score:  # the extractor and its weights once, before any benchmark: a missing one fails here, in one line
+        from ..measure import quality_extractor
+
+        ext = quality_extractor(reference, extractor, str(dev))
     rows, skipped = sweep(names, samplers, step_list, batches, dtypes, compiles, dev, runs,
-                          quality_samples if score else 0, reference, say=output.message, full=full)
+                          quality_samples if score else 0, reference, say=output.message, full=full, extractor=ext)
     if not rows:
         raise GmkitError("nothing could be benched: " + "; ".join(f"{s['model']}: {s['reason']}" for s in skipped))
     env = {"torch": torch.__version__, "gmkit": __version__, "device": str(dev), "threads": torch.get_num_threads(),
@@ -76,6 +82,7 @@ def bench_cmd(
            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
            "seeds": "image i of every batch from seed i (timed runs: 0..batch-1; quality: 0..N-1)",
            "quality_samples": quality_samples if score else None, "reference": reference if score else None,
+           "extractor": ext.name if ext else None,
            "timing": f"median of {runs} run(s) after one warm-up run of min(steps, 5) steps" + (
                "" if full else f"; runs of more than {QUICK_CALLS} network calls timed at {PROBE_STEPS[0]} and "
                f"{PROBE_STEPS[1]} steps and extrapolated linearly in network calls (--full times complete runs)")}
@@ -95,7 +102,7 @@ def bench_cmd(
     output.result(result)
     cols = ["model", "sampler", "steps", "batch", "dtype", "images/s", "ms/image", "ms/step", "TFLOP/s", "peak MB", "timed"]
     if score:
-        cols += ["FD", "KID", "prec", "recall", "n"]
+        cols += [ext.fd_name, ext.kid_name, "prec", "recall", "n"]
     table = []
     for r in rows:
         t = r["timing"]
@@ -108,7 +115,8 @@ def bench_cmd(
             q = r["quality"]
             cells += [f"{q['fd']:.3f}", f"{q['kid']:.4f}", f"{q['precision']:.2f}", f"{q['recall']:.2f}", str(q["n"])]
         table.append(cells)
-    output.table(f"gmkit bench ({env['device']}, torch {env['torch']}, {env['threads']} threads)", cols, table,
+    output.table(f"gmkit bench ({env['device']}, torch {env['torch']}, {env['threads']} threads"
+                 + (f"; quality: {ext.name} extractor vs {reference})" if ext else ")"), cols, table,
                  right=set(cols) - {"model", "sampler", "dtype", "timed"})
     verdicts = []
     if any(r["timing"]["mode"] == "extrapolated" for r in rows):

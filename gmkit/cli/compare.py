@@ -15,7 +15,8 @@ DEFAULT_MODELS = "vae,vqvae,augvae,gan,flow,ddpm,ddim"
 
 def compare_cmd(
     models: str = typer.Option(DEFAULT_MODELS, "--models", help="Comma-separated model sources (bundled names, run folders, files, image folders)."),
-    data: str = typer.Option("mnist", "--data", help="Data every model is measured on (quality needs a gmkit extractor: mnist)."),
+    data: str = typer.Option("mnist", "--data", help="Data every model is measured on: a bundled name, a folder, a Hugging Face dataset (quality against its held-out split)."),
+    extractor: Optional[str] = typer.Option(None, "--extractor", help="Feature extractor for sample quality: inception (FID), dinov2, clip, mnist, or a transformers model (folder or Hub id). Default: mnist for the bundled digits, else inception."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", "--output", help="Folder for report.json, samples.png, plots and index.html."),
     samples: int = typer.Option(256, "-n", "--num-images", "--samples", help="Images per model for quality and speed (seeds 0..N-1)."),
     slow_samples: int = typer.Option(16, "--slow-samples", help="Images for configurations with more than 100 network calls per image (DDPM-1000)."),
@@ -56,7 +57,7 @@ def compare_cmd(
         logs[k.strip()] = v.strip()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    s = Settings(data=data, samples=samples, slow_samples=slow_samples, batch_size=batch_size,
+    s = Settings(data=data, extractor=extractor, samples=samples, slow_samples=slow_samples, batch_size=batch_size,
                  sweep_steps=parse_int_list("--sweep-steps", sweep_steps) if sweep_steps.strip() else [],
                  sweep_samples=sweep_samples, likelihood_images=likelihood_images, seeds=seeds,
                  train_steps=train_steps, seed_samples=min(64, samples), logs=logs, device=str(dev),
@@ -69,7 +70,8 @@ def compare_cmd(
     output.result(report)
     heads, rows = table_rows(report)
     env = report["environment"]
-    output.table(f"gmkit compare on {data} ({env['device']}, torch {env['torch']}, gmkit {env['gmkit']})", [""] + heads,
+    ext = report["extractor"].get("name", "none: quality n/a")
+    output.table(f"gmkit compare on {data}, extractor {ext} ({env['device']}, torch {env['torch']}, gmkit {env['gmkit']})", [""] + heads,
                  [[label, *[f"[dim]{c}[/dim]" if c.startswith("n/a") else c for c in cells]] for label, cells in rows],
                  lines=True)
     output.lines([f"claim: {c['claim']}: {c['verdict']} ({c['evidence']})" for c in report.get("claims", [])]

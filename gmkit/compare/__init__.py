@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..errors import GmkitError
-from ..measure import can_score, score_images
+from ..measure import quality_extractor, quality_problem, score_images
 from .claims import TEXTBOOK, textbook_claims
 from .columns import PROPERTIES, Column, Settings, _quality_cells, likelihood, measure, seed_spread, steps_sweep
 from .columns_base import na
@@ -46,6 +46,14 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
         test_data = load_data(s.data, "test")
     except GmkitError as e:
         raise GmkitError(f"--data {s.data}: {e}") from None
+    why = quality_problem(s.data, s.extractor, s.device)  # one extractor for every quality cell, named in the report
+    if why:
+        say(f"gmkit: warning: sample quality is n/a: {why}")
+        extractor_info = {"error": why}
+    else:
+        ext = quality_extractor(s.data, s.extractor, s.device)
+        extractor_info = {"name": ext.name, "spec": ext.spec, "description": ext.description, "fd_name": ext.fd_name,
+                          "kid_name": ext.kid_name}
     cols = [measure(m, s, test_data, dev, dt, say) for m in models]
     # The same n for every model: FD is biased by the sample count, KID is not.
     ns = [c.cells["quality"]["n"] for c in cols if "n" in c.cells.get("quality", {})]
@@ -58,12 +66,13 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
                                              "text": f"{q['fd']:.2f} (n={common}; real {q['baseline_fd']:.2f})"}
             else:
                 finite = c.images[torch.isfinite(c.images).flatten(1).all(1)]
-                qc = score_images(finite[:common], s.data, f"first {common} finite of 0-{q['n'] - 1}")
+                qc = score_images(finite[:common], s.data, f"first {common} finite of 0-{q['n'] - 1}", s.extractor,
+                                  s.device)
                 c.cells["quality_common"] = {"n": common, "fd": qc["fd"], "baseline_fd": qc["baseline_fd"],
                                              "text": f"{qc['fd']:.2f} (n={common}; real {qc['baseline_fd']:.2f})"}
         elif "quality_common" not in c.cells:
             c.cells["quality_common"] = dict(c.cells.get("quality", na("no samples")))
-    sweep = steps_sweep(cols, s, dev, say) if can_score(s.data) else []
+    sweep = steps_sweep(cols, s, dev, say) if not why else []
     seeds = {}
     if s.seeds:
         import tempfile
@@ -85,6 +94,7 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
         "title": "gmkit compare: the textbook table of generative families, measured",
         "data": {"name": s.data, "reference": f"{s.data} held-out split ({len(test_data)} images)",
                  "note": test_data.note},
+        "extractor": extractor_info,
         "settings": asdict(s),
         "models": [{"source": c.source, "family": c.family, "info": c.info, "cells": c.cells} for c in cols],
         "quality_vs_steps": sweep,
@@ -97,8 +107,11 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
             f"Configurations with more than {s.slow_steps} network calls per image get {s.slow_samples} samples "
             f"(--slow-samples) instead of {s.samples}, to keep the run short: their FD is noisier and biased upward; "
             "compare them on 'FD at a common n' and on KID (unbiased in n).",
-            "FD-gmkit-mnist and KID-gmkit-mnist use gmkit's own MNIST feature extractor, not InceptionV3: "
-            "they are not comparable with published FID.",
+            (f"{extractor_info['fd_name']} and {extractor_info['kid_name']} are measured through the "
+             f"{extractor_info['name']} extractor: {extractor_info['description']}. "
+             + ("Only this extractor's figures are FID." if extractor_info["fd_name"] == "FID" else
+                "They are not FID and not comparable with published FID.")) if not why
+            else f"Sample quality is n/a: {why}",
             "Sampling speed: median seconds per full batch after one warm-up, on the device below, "
             "measured while generating the quality samples.",
             "Training stability: loss statistics of the model's own training log where one is available; "

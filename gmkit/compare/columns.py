@@ -15,7 +15,7 @@ import torch
 
 from ..errors import GmkitError
 from ..families.base import DECODE, ENCODE, LIKELIHOOD, STEPS
-from ..measure import can_score, count_flops, generate, sample_options, score_images, scorable, warm_up
+from ..measure import count_flops, generate, quality_problem, sample_options, score_images, warm_up
 from .claims import TEXTBOOK
 from .columns_base import na
 from .stability import find_log, read_log, stability_from_log
@@ -24,6 +24,7 @@ from .stability import find_log, read_log, stability_from_log
 @dataclass
 class Settings:
     data: str = "mnist"
+    extractor: str | None = None  # quality's feature extractor (None: the data's own, else inception)
     samples: int = 256  # images per model for quality
     slow_samples: int = 16  # ... for configurations with more than slow_steps network calls per image
     slow_steps: int = 100
@@ -247,8 +248,8 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
 
 
 def _quality_cells(col: Column, images: torch.Tensor, s: Settings, seeds: str) -> dict:
-    if not can_score(s.data):
-        reason = f"no gmkit feature extractor for {s.data} (available: {', '.join(scorable())})"
+    reason = quality_problem(s.data, s.extractor, s.device)
+    if reason:
         col.cells["kid"] = col.cells["precision_recall"] = na(reason)
         return na(reason)
     finite = torch.isfinite(images).flatten(1).all(1)
@@ -256,7 +257,7 @@ def _quality_cells(col: Column, images: torch.Tensor, s: Settings, seeds: str) -
     if bad:  # a model that emits NaN is measured on the rest, and the table says how many it lost
         images = images[finite]
     try:
-        q = score_images(images, s.data, seeds)
+        q = score_images(images, s.data, seeds, s.extractor, s.device)
     except GmkitError as e:
         reason = f"{bad} of {len(finite)} samples non-finite" if bad else str(e)
         col.cells["kid"] = col.cells["precision_recall"] = na(reason)
@@ -285,7 +286,8 @@ def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
         q = c.cells["quality"]
         ckpt = c.info["checkpoint"]
         points.append({"checkpoint": ckpt, "model": c.source, "sampler": c.opts["sampler"], "steps": c.opts["steps"],
-                       "n": q["n"], "fd": q["fd"], "kid": q["kid"], "baseline_fd": q["baseline_fd"]})
+                       "n": q["n"], "fd": q["fd"], "kid": q["kid"], "baseline_fd": q["baseline_fd"],
+                       "fd_name": q["fd_name"], "kid_name": q["kid_name"]})
         if ckpt in done or not s.sweep_steps:
             continue
         done.add(ckpt)
@@ -295,9 +297,10 @@ def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
             opts.pop("eta", None)
             say(f"gmkit: compare {c.source}: quality at {sweep_sampler} {st} steps ({s.sweep_samples} samples) ...")
             images, _ = generate(net, opts, s.sweep_samples, min(s.batch_size, s.sweep_samples), dev)
-            q2 = score_images(images, s.data, f"0-{s.sweep_samples - 1}")
+            q2 = score_images(images, s.data, f"0-{s.sweep_samples - 1}", s.extractor, s.device)
             points.append({"checkpoint": ckpt, "model": f"{c.source} (sweep)", "sampler": sweep_sampler, "steps": st,
-                           "n": q2["n"], "fd": q2["fd"], "kid": q2["kid"], "baseline_fd": q2["baseline_fd"]})
+                           "n": q2["n"], "fd": q2["fd"], "kid": q2["kid"], "baseline_fd": q2["baseline_fd"],
+                           "fd_name": q2["fd_name"], "kid_name": q2["kid_name"]})
     return points
 
 
@@ -335,7 +338,7 @@ def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say) -> dic
             opts, calls, _ = sample_options(trained, src.defaults, None, None)
             opts = {**opts, **dict(trained.preview_options)} if calls > s.slow_steps else opts
             images, _ = generate(trained, opts, s.seed_samples, min(s.batch_size, s.seed_samples), dev)
-            q = score_images(images, s.data, f"0-{s.seed_samples - 1}")
+            q = score_images(images, s.data, f"0-{s.seed_samples - 1}", s.extractor, s.device)
             stab = stability_from_log(read_log(out / "log.jsonl"), str(out / "log.jsonl"))
             runs.append({"seed": seed, "fd": q["fd"], "kid": q["kid"], "train_seconds": round(time.perf_counter() - t0, 1),
                          "tail_cv": stab.get("tail_cv"), "diverged": stab.get("diverged", False), "sample_options": opts})

@@ -85,7 +85,8 @@ def plot_quality_vs_steps(points: list[dict], path: Path) -> bool:
             a1.annotate(f"n={p['n']}", (p["steps"], p["fd"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
     base = statistics.median(p["baseline_fd"] for p in points)
     a1.axhline(base, color="grey", ls="--", lw=1, label="real-vs-real (median n)")
-    for ax, t in ((a1, "FD-gmkit-mnist (biased by n)"), (a2, "KID-gmkit-mnist (unbiased in n)")):
+    names = points[0].get("fd_name", "FD"), points[0].get("kid_name", "KID")
+    for ax, t in ((a1, f"{names[0]} (biased by n)"), (a2, f"{names[1]} (unbiased in n)")):
         ax.set_xscale("log")
         ax.set_xlabel("sampler steps (network calls per image)")
         ax.set_title(t)
@@ -163,6 +164,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>{escape(report['title'])}</h1>
 <p>Data: {escape(report['data']['name'])} &mdash; {escape(report['data']['reference'])}. {escape(report['data']['note'] or '')}</p>
+<p>Feature extractor for sample quality: {escape(report.get('extractor', {}).get('name') or 'none')} &mdash; {escape(report.get('extractor', {}).get('description') or report.get('extractor', {}).get('error') or '')}</p>
 <table><tr><th></th>{th}</tr>{body}</table>
 <h2>Textbook claims on this data</h2><ul>{claims or '<li>none evaluated</li>'}</ul>
 <h2>Samples and plots</h2>{figs}

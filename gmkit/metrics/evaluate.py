@@ -1,72 +1,140 @@
-"""Score a set of images against a reference data set, always beside the real-vs-real baseline."""
+"""``evaluate``: the one entry to sample-quality metrics, for the CLI, ``compare`` and ``bench``.
+
+Images are scored against a reference through a named extractor, always beside the real-vs-real
+baseline (training-split images against the same held-out reference, at the same count), so a
+number is read against the noise floor of its sample size and extractor.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import os
 
 import numpy as np
 import torch
 
-from ..data.core import cache_dir
-from ..errors import GmkitError
-from .distances import frechet_distance, kernel_inception_distance, precision_recall
-from .extractor import EXTRACTORS, extract, load_extractor
+from ..errors import GmkitError, OptionError
+from .distances import (density_coverage, frechet_distance_stats, gaussian_stats, kernel_inception_distance,
+                        precision_recall)
+from .extractors import Extractor, default_extractor, get_extractor
+from .reference import Reference, load_reference
+
+K_PR, K_DC = 3, 5  # neighbours: Kynkaanniemi et al. 2019 (precision/recall), Naeem et al. 2020 (density/coverage)
 
 
-def _reference(name: str, split: str, net) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of a bundled data split, cached per extractor file hash."""
-    from ..data import load_data
-
-    tag = EXTRACTORS[name][1][:12]
-    path = cache_dir() / "metrics" / f"{name}-{split}-{tag}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            return f["feats"], f["labels"]
-    data = load_data(EXTRACTORS[name][2], split)
-    _, feats = extract(net, data.images)
-    feats, labels = feats.double().numpy(), data.labels.numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, feats=feats, labels=labels)
-    tmp.replace(path)
-    return feats, labels
+def scores(feats: np.ndarray, ref: Reference, k: int = K_PR) -> dict:
+    """Every distance of one feature set to the reference (unrounded: outputs round for display)."""
+    feats = np.asarray(feats, np.float64)
+    kid, kid_std = kernel_inception_distance(feats, ref.features, subsets=20,
+                                             subset_size=min(500, len(feats), len(ref.features)))
+    precision, recall = precision_recall(ref.features, feats, k)
+    density, coverage = density_coverage(ref.features, feats, K_DC)
+    mu, cov = gaussian_stats(feats)
+    fd = frechet_distance_stats(mu, cov, ref.mean, ref.cov, rows_a=feats - mu)
+    return {"fd": fd, "kid": kid, "kid_std": kid_std,
+            "precision": precision, "recall": recall, "density": density, "coverage": coverage}
 
 
-def scores(feats: np.ndarray, ref: np.ndarray, k: int = 3) -> dict:
-    kid, kid_std = kernel_inception_distance(feats, ref, subsets=20, subset_size=min(500, len(feats), len(ref)))
-    precision, recall = precision_recall(ref, feats, k)
-    return {"fd": round(frechet_distance(feats, ref), 4), "kid": round(kid, 6), "kid_std": round(kid_std, 6),
-            "precision": round(precision, 4), "recall": round(recall, 4)}
+def image_set(images):
+    """A tensor (N, C, H, W) in [-1, 1], a path (folder of images, .safetensors tensor) or an ImageSet."""
+    from ..imageio import ImageSet
+
+    if isinstance(images, ImageSet):
+        return images
+    if isinstance(images, (str, os.PathLike)):
+        return ImageSet(str(images))
+    if not torch.is_tensor(images) or images.ndim != 4:
+        raise GmkitError(f"images must be a (N, C, H, W) tensor or a path, got {getattr(images, 'shape', type(images))}")
+    return ImageSet.from_tensor(images.float())
 
 
-def evaluate(images: torch.Tensor, reference: str = "mnist", class_label: int | None = None, k: int = 3) -> dict:
-    """Metrics of ``images`` (N, C, H, W in [-1, 1]) against the held-out split of ``reference``,
-    and the same metrics for as many real training images against it (the baseline)."""
-    if reference not in EXTRACTORS:
-        raise GmkitError(f"--reference {reference}: no gmkit feature extractor for it (available: {', '.join(EXTRACTORS)})")
-    if len(images) <= k:
-        raise GmkitError(f"need more than {k} images to score, got {len(images)}")
-    if not bool(torch.isfinite(images).all()):
-        raise GmkitError("the images hold NaN or infinite values")
-    net = load_extractor(reference)
-    ref, _ = _reference(reference, "test", net)
-    train, _ = _reference(reference, "train", net)
-    logits, feats = extract(net, images)
-    n = len(images)
-    g = np.random.default_rng(0)
-    base = train[g.choice(len(train), size=min(n, len(train)), replace=False)]
-    probs = logits.softmax(1)
-    out = {"extractor": f"gmkit-{reference}", "extractor_sha256": EXTRACTORS[reference][1], "n": n,
-           "reference": f"{reference} held-out split ({len(ref)} images)",
-           "metrics": scores(feats.double().numpy(), ref, k),
-           "baseline_real_train_vs_heldout": scores(base, ref, k),
-           "confident_share": round(float((probs.max(1).values > 0.9).float().mean()), 4),
-           "class_histogram": torch.bincount(probs.argmax(1), minlength=probs.shape[1]).tolist()}
-    if class_label is not None:
-        out["class_accuracy"] = round(float((probs.argmax(1) == class_label).float().mean()), 4)
-    out["names"] = {"fd": f"FD-gmkit-{reference}", "kid": f"KID-gmkit-{reference}"}
+def resolve(reference: str, extractor: str | Extractor | None, weights: str | None = None,
+            device: str | torch.device = "cpu") -> Extractor:
+    """The extractor to use: the one given, else the reference's own (statistics file, bundled digits), else inception."""
+    if isinstance(extractor, Extractor):
+        return extractor
+    if extractor is None and weights:  # Inception weights name their extractor
+        extractor = "inception"
+    return get_extractor(extractor or default_extractor(reference), weights, device)
+
+
+def evaluate(images, reference: str | Reference = "mnist", extractor: str | Extractor | None = None, *,
+             extractor_weights: str | None = None, class_label: int | None = None, prompts: list[str] | None = None,
+             device: str | torch.device = "cpu") -> dict:
+    """Metrics of ``images`` (a (N, C, H, W) tensor in [-1, 1], a folder, a .safetensors tensor file) against
+    ``reference`` (a data source, a statistics file or a loaded ``Reference``) through ``extractor``, beside
+    the real-vs-real baseline; the result names the extractor and what each figure is called (FID only
+    for the published Inception weights). Folders are read in batches, never whole."""
+    source = image_set(images)
+    n, (c, h, w) = source.count, source.shape
+    if c not in (1, 3):
+        raise GmkitError(f"images must have 1 or 3 channels, got {c}")
+    if n <= K_PR:
+        raise GmkitError(f"need more than {K_PR} images to score, got {n}")
+    spec = reference.source if isinstance(reference, Reference) else reference
+    ext = resolve(spec, extractor, extractor_weights, device)
+    classify = hasattr(ext, "logits")  # a classifier (mnist): how many samples read as some class, and which
+    if class_label is not None and not classify:
+        raise OptionError("class_label", f"needs a classifying extractor (mnist); {ext.name} does not classify")
+    if prompts is not None:
+        prompts = list(prompts) * n if len(prompts) == 1 else list(prompts)
+        if not callable(getattr(ext, "text_features", None)):
+            raise OptionError("prompts", f"the CLIP score needs a CLIP extractor (clip or a CLIP model); {ext.name} has no text tower")
+        if len(prompts) != n:
+            raise OptionError("prompts", f"{len(prompts)} prompts for {n} images: give one prompt, or one per image")
+    ref = reference if isinstance(reference, Reference) else load_reference(reference, ext, n)
+    if ref.extractor_id != ext.identity:
+        raise GmkitError(f"reference {spec} was made with the {ref.extractor} extractor, not {ext.name}")
+    if len(ref.features) <= K_DC:
+        raise GmkitError(f"reference {spec}: {ref.description} has {len(ref.features)} images; metrics need more than {K_DC}")
+    if ref.channels and c != ref.channels:
+        raise GmkitError(f"the images have {c} channel(s) but reference {spec} has {ref.channels}: measure like with "
+                         f"like ({'grey' if ref.channels == 1 else 'colour'} samples, or another reference)")
+    warnings, notes = ext.fit_notes(c, (h, w))
+    notes = source.notes + notes
+    if ref.size[0] and tuple(ref.size) != (h, w):
+        notes.append(f"the images are {w}x{h}, the reference {ref.size[1]}x{ref.size[0]}: both are resized "
+                     "by the extractor, but a size difference alone moves the figures")
+    if len(ref.features) < 100:
+        notes.append(f"the reference holds {len(ref.features)} images: at that size FD is noisy and biased upward; "
+                     "read it against the real-vs-real baseline")
+    feats, logits = [], []
+    for batch in source.batches():
+        if not bool(torch.isfinite(batch).all()):
+            raise GmkitError("the images hold NaN or infinite values")
+        feats.append(ext.features(batch))
+        if classify:
+            logits.append(ext.logits(batch))
+    feats = torch.cat(feats)
+    base = ref.baseline(n)
+    if len(base) < n:
+        notes.append(f"real-vs-real baseline at n={len(base)}: the reference has only {len(base)} training-split images "
+                     f"for it (the samples: {n}); FD is biased by n, compare KID")
+    out = {"extractor": ext.name, "extractor_spec": ext.spec, "extractor_description": ext.description,
+           "extractor_id": ext.identity, "n": n, "reference": ref.description, "reference_source": ref.source,
+           "names": {"fd": ext.fd_name, "kid": ext.kid_name},
+           "metrics": scores(feats.numpy(), ref),
+           "baseline_real_train_vs_heldout": scores(base, ref) if len(base) > K_PR else None, "baseline_n": len(base),
+           "warnings": warnings, "notes": notes}
+    if classify:
+        probs = torch.cat(logits).softmax(1)
+        out["confident_share"] = round(float((probs.max(1).values > 0.9).float().mean()), 4)
+        out["class_histogram"] = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).tolist()
+        if class_label is not None:
+            out["class_accuracy"] = round(float((probs.argmax(1) == class_label).float().mean()), 4)
+    if prompts is not None:
+        from .hf import clip_score
+
+        out["clip_score"] = clip_score(ext, feats, prompts)  # the image embeddings are the FD features
     return out
 
 
-def images_digest(images: torch.Tensor) -> str:
-    return hashlib.sha256(images.float().numpy().tobytes()).hexdigest()[:16]
+def save_stats(source: str, path: str, extractor: str | None = None, extractor_weights: str | None = None,
+               pool_size: int = 10_000, device: str | torch.device = "cpu", command: str | None = None) -> Reference:
+    """Write the reference statistics of ``source`` (as ``--reference`` would use them) to ``path``."""
+    from .reference import from_source, write_stats
+
+    ext = resolve(source, extractor, extractor_weights, device)
+    ref = from_source(source, ext, pool_size=pool_size)
+    write_stats(ref, path, command)
+    return ref
+

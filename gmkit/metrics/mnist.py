@@ -1,4 +1,4 @@
-"""gmkit's own frozen feature extractor for metrics: a small CNN digit classifier per data set.
+"""The `mnist` extractor: gmkit's own frozen digit CNN, the network behind FD-gmkit-mnist.
 
 The shipped weights were trained by ``train_extractor`` (fixed seed; the command that produced
 them is in their metadata) and are checked against the sha256 recorded here before use, so a
