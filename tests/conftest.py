@@ -84,6 +84,13 @@ def free_port() -> int:
 
 # -- metrics: RGB image folders and tiny random transformers extractors (no downloads) ------------
 
+def data_images(data):
+    """All images of a loaded data set, whichever way the data layer hands them out."""
+    from gmkit.metrics.reference import all_images
+
+    return all_images(data)
+
+
 def draw_shapes(folder: Path, n: int, seed: int, size: int = 64, palette: str = "warm") -> Path:
     """``n`` RGB PNGs of random ellipses and boxes; ``palette`` shifts the colours (a second distribution)."""
     import numpy as np

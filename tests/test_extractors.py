@@ -18,7 +18,7 @@ import types
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import data_images, run_cli
 from gmkit.errors import GmkitError
 from gmkit.metrics import inception
 
@@ -101,7 +101,7 @@ def test_fid_and_kid_equal_torch_fidelity(as_published, rgb_folders, monkeypatch
     monkeypatch.setattr(inception, "INPUT_SIZE", 75)
     monkeypatch.setattr(tf_net_mod.FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
     ref_folder, samples = rgb_folders
-    held = load_data(str(ref_folder), "test").images
+    held = data_images(load_data(str(ref_folder), "test"))
     # noise against shapes, as many as the reference: KID then uses every image of both
     x = torch.rand(len(held), 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     r = evaluate(x, str(ref_folder), "inception", extractor_weights=str(as_published))
@@ -180,7 +180,7 @@ def test_dinov2_features_and_fd_equal_transformers(tiny_dinov2, rgb_folders):
 
     ref_folder, samples = rgb_folders
     x = load_image_set(str(samples))[0]
-    held = load_data(str(ref_folder), "test").images
+    held = data_images(load_data(str(ref_folder), "test"))
     model, proc = AutoModel.from_pretrained(tiny_dinov2), AutoImageProcessor.from_pretrained(tiny_dinov2)
     with torch.inference_mode():
         theirs = [model(**proc(images=_pil(t), return_tensors="pt")).pooler_output for t in (x, held)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import data_images, run_cli
 from gmkit.metrics import frechet_distance, kernel_inception_distance, precision_recall
 
 
@@ -52,7 +52,7 @@ def test_metrics_command_real_baseline_versus_noise(tmp_path):
 
     train = load_data("mnist", "train")
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:200]
-    save_images(train.images[idx], str(tmp_path / "real.safetensors"))
+    save_images(data_images(train)[idx], str(tmp_path / "real.safetensors"))
     save_images(torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1,
                 str(tmp_path / "noise.safetensors"))
     real = json.loads(run_cli("metrics", str(tmp_path / "real.safetensors"), "--json").out)
@@ -121,7 +121,7 @@ def test_statistics_file_round_trips_exactly(tmp_path):
         a, b = getattr(fresh, name), getattr(saved, name)
         assert a.dtype == b.dtype and np.array_equal(a, b), name
     assert (saved.extractor, saved.channels, saved.size) == ("gmkit-mnist", 1, (28, 28))
-    held = load_data("mnist", "train").images[:64]
+    held = data_images(load_data("mnist", "train"))[:64]
     save_images(held, str(tmp_path / "x.safetensors"))
     by_file = json.loads(run_cli("metrics", str(tmp_path / "x.safetensors"), "--reference", str(stats), "--json").out)
     by_name = json.loads(run_cli("metrics", str(tmp_path / "x.safetensors"), "--reference", "mnist", "--json").out)

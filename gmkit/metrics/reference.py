@@ -124,6 +124,12 @@ def read_stats(path: str | Path) -> Reference:
 
 # -- from a data source -------------------------------------------------------------------------------
 
+def all_images(data) -> torch.Tensor:
+    """Every image of a loaded data set as floats: an attribute of the in-memory data layer, a method of
+    the one that streams from its cache (which refuses sets too large to hold)."""
+    return data.images() if callable(data.images) else data.images
+
+
 class _Split:
     """One split of a data source, read in batches: the one place metrics reads data (through the data
     layer's public ``load_data``), so a reference never has to fit in memory as floats."""
