@@ -14,11 +14,12 @@ __all__ = ["load", "train", "Model", "GmkitError", "OptionError"]
 from .errors import GmkitError, OptionError  # noqa: E402  (torch-free)
 
 
-def load(source: str, device="auto", dtype="auto", allow_pickle: bool = False, compile: bool = False):
+def load(source: str, device="auto", dtype="auto", allow_pickle: bool = False, compile: bool = False,
+         revision=None, token=None, lora=(), config=None):
     """A ``gmkit.Model`` from any source the CLI takes (see ``gmkit.model.load``)."""
     from .model import load as _load
 
-    return _load(source, device, dtype, allow_pickle, compile)
+    return _load(source, device, dtype, allow_pickle, compile, revision=revision, token=token, lora=lora, config=config)
 
 
 def train(family: str, data=None, out=None, **settings):

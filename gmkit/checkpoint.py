@@ -8,9 +8,14 @@ and ``gmkit.recipe`` (JSON: how it was trained, the exact command included). Not
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -88,3 +93,161 @@ def save_model(path: Path, family: str, config: dict, state: dict[str, torch.Ten
             "gmkit.recipe": json.dumps(recipe or {})}
     meta.update(extra or {})
     save_tensors(path, state, meta)
+
+
+# -- lazy reading: each tensor straight from the file into its final dtype ------------------------
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor lies in a safetensors file (byte range of its data)."""
+
+    path: Path
+    start: int
+    end: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    def read(self) -> torch.Tensor:
+        """The tensor, read with one ``readinto`` into memory of its own (no mmap: pages of the file
+        never count as this process's memory, so loading peaks at the final weights plus one tensor)."""
+        n = self.end - self.start
+        buf = torch.empty(n, dtype=torch.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            if n and f.readinto(memoryview(buf.numpy())) != n:
+                raise GmkitError(f"{self.path}: truncated (tensor data ends early)")
+        return buf.view(self.dtype).reshape(self.shape) if n else torch.empty(self.shape, dtype=self.dtype)
+
+    def read_as(self, dtype: torch.dtype, memory_format: torch.memory_format) -> torch.Tensor:
+        """The tensor converted to ``dtype`` / ``memory_format`` in one pass over the file's pages
+        (mapped for this tensor only, then unmapped): no intermediate copy in the stored dtype."""
+        n = self.end - self.start
+        if n == 0 or (dtype == self.dtype and memory_format == torch.contiguous_format):
+            return self.read()
+        start = self.start - self.start % mmap.ALLOCATIONGRANULARITY
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), self.end - start, offset=start,
+                                                   access=mmap.ACCESS_COPY) as mm:
+            view = torch.frombuffer(mm, dtype=torch.uint8, count=n, offset=self.start - start)
+            out = view.view(self.dtype).reshape(self.shape).to(dtype=dtype, memory_format=memory_format, copy=True)
+            del view
+        return out
+
+
+def tensor_refs(path: Path) -> dict[str, TensorRef]:
+    """Every tensor of a safetensors file, by name, from its header alone."""
+    path = Path(path)
+    header = read_header(path)
+    with open(path, "rb") as f:
+        base = 8 + int.from_bytes(f.read(8), "little")
+    size = path.stat().st_size
+    refs = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            start, end = (base + int(o) for o in info["data_offsets"])
+            shape = tuple(int(d) for d in info["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise GmkitError(f"{path}: tensor {name!r} has an unreadable or unsupported entry ({info})") from None
+        count = 1
+        for d in shape:
+            count *= d
+        if end > size or end - start != count * torch.empty((), dtype=dtype).element_size():
+            raise GmkitError(f"{path}: tensor {name!r} does not fit the file; is it truncated or corrupt?")
+        refs[name] = TensorRef(path, start, end, dtype, shape)
+    return refs
+
+
+Delta = Callable[[torch.Tensor], torch.Tensor]  # fp32 weight -> fp32 weight (a LoRA merge)
+
+
+class LazyState(Mapping):
+    """A state dict whose tensors stay on disk until read, one at a time.
+
+    Entries are ``TensorRef``s (or tensors already in memory). ``deltas`` are changes merged into a
+    weight as it is read (LoRA), in fp32 before the final cast. ``state[k]`` gives the tensor as
+    stored (with deltas merged); ``load(k, dtype, device)`` gives it in a chosen dtype and layout.
+    """
+
+    def __init__(self, entries: dict | None = None):
+        self.entries: dict[str, TensorRef | torch.Tensor] = dict(entries or {})
+        self.deltas: dict[str, list[Delta]] = {}
+
+    @classmethod
+    def from_file(cls, path: Path) -> "LazyState":
+        return cls(tensor_refs(path))
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.load(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.entries[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.entries[key].dtype
+
+    def update(self, other: "LazyState | dict") -> None:
+        if isinstance(other, LazyState):
+            self.entries.update(other.entries)
+            for k, fns in other.deltas.items():
+                self.deltas.setdefault(k, []).extend(fns)
+        else:
+            self.entries.update(other)
+
+    def renamed(self, rename: Callable[[str], str]) -> "LazyState":
+        out = LazyState({rename(k): v for k, v in self.entries.items()})
+        out.deltas = {rename(k): list(v) for k, v in self.deltas.items()}
+        return out
+
+    def add_delta(self, key: str, fn: Delta) -> None:
+        self.deltas.setdefault(key, []).append(fn)
+
+    def load(self, key: str, dtype: torch.dtype | None = None, device=None,
+             memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        entry = self.entries[key]
+        fns = self.deltas.get(key)
+        if isinstance(entry, TensorRef) and not fns and dtype is not None and entry.dtype.is_floating_point:
+            return entry.read_as(dtype, memory_format).to(device)
+        t = entry.read() if isinstance(entry, TensorRef) else entry
+        if fns:
+            stored = t.dtype
+            t = t.float()
+            for fn in fns:
+                t = fn(t)
+            t = t.to(stored if dtype is None else dtype)
+        target = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        return t.to(device=device, dtype=target, memory_format=memory_format)
+
+
+@contextmanager
+def parameters_on_meta():
+    """Build modules with their parameters on the meta device: no memory, no random init.
+
+    Only parameters move (buffers and plain tensors computed in ``__init__``, such as noise
+    schedules, stay real); the caller then assigns every parameter from a checkpoint with
+    ``load_state_dict(..., assign=True)``. Random init of an SD-sized UNet alone takes ~17 s on a CPU.
+    """
+    original = torch.nn.Module.register_parameter
+
+    def register(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    torch.nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = original

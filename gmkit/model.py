@@ -23,19 +23,23 @@ from .options import EncodeOptions, SampleOptions
 
 
 def load(source: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-         allow_pickle: bool = False, compile: bool = False) -> "Model":
+         allow_pickle: bool = False, compile: bool = False, revision: str | None = None, token: str | None = None,
+         lora=(), config: str | None = None) -> "Model":
     """A model from a bundled name (``ddpm``, ``ddim``, ...), a checkpoint file, a run folder, a
     diffusers folder or a Hugging Face Hub id (``org/name[@revision][/subfolder]``).
 
     ``device``: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps; ``dtype``: auto (fp32 on
     CPU, bf16 on GPU), fp32, fp16 or bf16. ``allow_pickle`` reads pickled diffusers weights with
-    ``torch.load(weights_only=True)``; ``compile`` torch-compiles the sampling networks.
+    ``torch.load(weights_only=True)``; ``compile`` torch-compiles the sampling networks. Hub repos:
+    ``revision`` (a branch, tag, commit or ``refs/pr/N``) and ``token``. ``lora``: adapters
+    ``"FILE[:SCALE]"`` merged into the weights; ``config``: the pipeline describing a single-file checkpoint.
     """
     from .devices import resolve_device, resolve_dtype
     from .registry import load as load_family
 
     dev = resolve_device(device)
-    net, resolved = load_family(source, dev, resolve_dtype(dtype, dev), allow_pickle=allow_pickle)
+    net, resolved = load_family(source, dev, resolve_dtype(dtype, dev), allow_pickle=allow_pickle, revision=revision,
+                                token=token, lora=[lora] if isinstance(lora, str) else list(lora or ()), config=config)
     model = Model(net, resolved, source)
     if compile:
         model.compile()

@@ -55,6 +55,8 @@ class SampleOptions:
     strength: float | None = None  # img2img: 0 (returns the image) .. 1 (ignores it)
     resample: int | None = None  # inpainting: RePaint resamplings per jump (>= 1)
     jump: int | None = None  # inpainting: RePaint jump length (>= 1)
+    height: int | None = None  # text-to-image: image height in pixels (a multiple of 8; the family checks its own factor)
+    width: int | None = None  # text-to-image: image width in pixels
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -82,7 +84,7 @@ class SampleOptions:
 
     def check(self) -> "SampleOptions":
         """Ranges, finite values and combinations; returns self."""
-        for name in ("steps", "resample", "jump"):
+        for name in ("steps", "resample", "jump", "height", "width"):
             if getattr(self, name) is not None:
                 _whole(name, getattr(self, name), 1)
         if self.class_label is not None:

@@ -48,45 +48,108 @@ def _fresh_grid(ckpt: Path, out: Path, n: int = 16) -> None:
     save_images(x, str(out))
 
 
-def model_card(repo: str, meta: dict, has_grid: bool) -> str:
+# Per bundled data set: (licence id of the data, which the trained weights follow; Hub dataset ids).
+DATA_CARDS = {"openmoji": ("cc-by-sa-4.0", []), "mnist": ("mit", ["ylecun/mnist"]),
+              "mnist-captions": ("mit", ["ylecun/mnist"]), "fashion-mnist": ("mit", ["zalando-datasets/fashion_mnist"]),
+              "digits": ("cc-by-4.0", [])}
+PIPELINE_TAGS = {"ldm": "text-to-image", "sr": "image-to-image"}  # others: unconditional-image-generation
+_ABSOLUTE = re.compile(r"(?<![\w.:/-])(?:~|[A-Za-z]:)?[/\\][^\s'\"`]+")
+
+
+def scrub(text: str) -> str:
+    """``text`` with absolute local paths cut to their last component: a card never shows your disk."""
+    return _ABSOLUTE.sub(lambda m: ".../" + re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1], text)
+
+
+def source_url() -> str | None:
+    """Where gmkit's source lives (it is not on PyPI): GMKIT_SOURCE_URL, else the package's Source URL."""
+    import os
+    from importlib import metadata
+
+    url = os.environ.get("GMKIT_SOURCE_URL")
+    if url:
+        return url
+    try:
+        for entry in metadata.metadata("gmkit").get_all("Project-URL") or []:
+            label, _, link = entry.partition(",")
+            if label.strip().lower() in ("source", "repository", "homepage"):
+                return link.strip()
+    except metadata.PackageNotFoundError:
+        pass
+    return None
+
+
+def install_lines() -> list[str]:
+    url = source_url()
+    if url:
+        return ["# gmkit is not on PyPI: install it from its source repository", f'pip install "gmkit @ git+{url}"']
+    return ["# gmkit is not on PyPI: install it from a checkout of its source repository", "pip install -e ./gmkit"]
+
+
+def card_data(meta: dict, fmt: str = "gmkit", license_id: str | None = None):
+    """The card's YAML header (huggingface_hub.ModelCardData): licence, pipeline tag, library, data sets."""
+    from huggingface_hub import ModelCardData
+
+    family = meta.get("gmkit.family", "?")
+    recipe = json.loads(meta.get("gmkit.recipe", "{}") or "{}")
+    data = str(recipe.get("data") or "").split(":")[0]
+    licence, datasets = DATA_CARDS.get(data, (None, []))
+    if recipe.get("data_license", "").startswith("CC BY-SA 4.0"):
+        licence = "cc-by-sa-4.0"
+    return ModelCardData(license=license_id or licence or "unknown", library_name=fmt,
+                         pipeline_tag=PIPELINE_TAGS.get(family, "unconditional-image-generation"),
+                         datasets=datasets or None, tags=["gmkit", family, "generative-model"] + (["diffusers"] if fmt == "diffusers" else []))
+
+
+def model_card(repo: str, meta: dict, has_grid: bool, fmt: str = "gmkit", license_id: str | None = None) -> str:
+    """The README.md model card: a ModelCardData header, then how to use the model and how it was trained."""
+    from huggingface_hub import ModelCard
+
     family = meta.get("gmkit.family", "?")
     recipe = json.loads(meta.get("gmkit.recipe", "{}") or "{}")
     config = json.loads(meta.get("gmkit.config", "{}") or "{}")
-    data = recipe.get("data") or "unknown"
-    tags = ["gmkit", family, "generative-model"]
-    lines = ["---", "library_name: gmkit", "tags:"] + [f"- {t}" for t in tags]
-    if recipe.get("data_license"):
-        lines.append("license: other")
-    lines += ["---", "", f"# {repo.split('/')[-1]}", "",
-              f"A **{family}** model trained with gmkit on **{data}**."]
+    data = scrub(str(recipe.get("data") or "unknown"))
+    lines = [f"# {repo.split('/')[-1]}", "", f"A **{family}** model trained with gmkit on **{data}**."]
     if recipe.get("data_note"):
-        lines += ["", f"Data: {recipe['data_note']}"]
+        lines += ["", f"Data: {scrub(recipe['data_note'])}"]
     if recipe.get("data_license"):
         lines += ["", f"Data license: {recipe['data_license']}"]
     if has_grid:
         lines += ["", "![samples](samples.png)", "", "Samples with seeds 0 to 15 (image i from seed i)."]
-    lines += ["", "## Sample it", "", "```bash", "pip install gmkit",
-              f"gmkit sample {repo} -n 16 --seed 0 --out samples.png", "```", "", "or in Python:", "", "```python",
+    prompt = ' --prompt "a red apple"' if family == "ldm" else ""
+    call = 'prompt="a red apple"' if family == "ldm" else "batch_size=4"
+    extra = ', prompt="a red apple"' if family == "ldm" else ""
+    if fmt == "diffusers":
+        lines += ["", "## Use it with diffusers", "", "```python", "from diffusers import DiffusionPipeline", "",
+                  f'pipe = DiffusionPipeline.from_pretrained("{repo}")',
+                  f"images = pipe({call}).images", "```"]
+    lines += ["", "## Sample it with gmkit", "", "```bash", *install_lines(),
+              f"gmkit sample {repo}{prompt} -n 16 --seed 0 --out samples.png", "```", "", "or in Python:", "", "```python",
               "import gmkit", "",
               f'model = gmkit.load("{repo}")  # any source `gmkit sample` takes',
-              "images = model.sample(16, seed=0)  # PIL images; image i from seed i, as the command above",
+              f"images = model.sample(16, seed=0{extra})  # PIL images; image i from seed i, as the command above",
               'images[0].save("sample0.png")',
               "```", "", "## Training recipe", ""]
     rows = [("command", recipe.get("command")), ("steps", recipe.get("step")), ("parameters", recipe.get("params")),
             ("training images", recipe.get("train_images")), ("image size", recipe.get("image_size")),
             ("device", recipe.get("device")), ("processes", recipe.get("world_size")), ("torch", recipe.get("torch")),
             ("gmkit", meta.get("gmkit.version")), ("autoencoder", recipe.get("autoencoder"))]
-    lines += ["| | |", "|---|---|"] + [f"| {k} | `{v}` |" for k, v in rows if v not in (None, "")]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | `{scrub(str(v))}` |" for k, v in rows if v not in (None, "")]
     if recipe.get("earlier_commands"):
-        lines += ["", "Resumed from: " + "; ".join(f"`{c}`" for c in recipe["earlier_commands"])]
-    lines += ["", "## Config", "", "```json", json.dumps(config, indent=2), "```", "",
-              "The weights are one self-describing `model.safetensors`: its metadata holds this config, the family "
-              "name and the recipe above.", ""]
-    return "\n".join(lines)
+        lines += ["", "Resumed from: " + "; ".join(f"`{scrub(c)}`" for c in recipe["earlier_commands"])]
+    lines += ["", "## Config", "", "```json", scrub(json.dumps(config, indent=2)), "```", ""]
+    lines += (["The weights are one self-describing `model.safetensors`: its metadata holds this config, the family "
+               "name and the recipe above.", ""] if fmt == "gmkit" else
+              ["The weights are in diffusers' layout (`model_index.json`, one folder per component), written by "
+               "`gmkit export --format diffusers`; gmkit reads this layout too.", ""])
+    header = card_data(meta, fmt, license_id).to_yaml()
+    return str(ModelCard(f"---\n{header}\n---\n\n" + "\n".join(lines)))
 
 
-def prepare(run: str, repo: str, folder: Path, replace: bool = False) -> list[str]:
-    """Write the upload folder: model.safetensors, README.md (model card), samples.png, config.json.
+def prepare(run: str, repo: str, folder: Path, replace: bool = False, fmt: str = "gmkit",
+            license_id: str | None = None) -> list[str]:
+    """Write the upload folder: README.md (model card), samples.png, and the model: model.safetensors and
+    config.json (``fmt="gmkit"``), or the diffusers layout (``fmt="diffusers"``, ``gmkit export``).
 
     ``replace``: an existing folder (gmkit's own default location) is written afresh.
     """
@@ -101,16 +164,25 @@ def prepare(run: str, repo: str, folder: Path, replace: bool = False) -> list[st
         shutil.rmtree(folder)
     if folder.exists() and any(folder.iterdir()):
         raise GmkitError(f"{folder}: already exists and is not empty; remove it or give another --out")
+    if fmt not in ("gmkit", "diffusers"):
+        raise GmkitError(f"format {fmt!r}: push writes gmkit or diffusers")
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ckpt, folder / "model.safetensors")
+    if fmt == "diffusers":
+        from .interop.export import export_diffusers
+        from .registry import load
+
+        net, src = load(str(ckpt))
+        export_diffusers(net, src, folder)
+    else:
+        shutil.copyfile(ckpt, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps({"gmkit.family": meta["gmkit.family"],
+                                                        "config": json.loads(meta.get("gmkit.config", "{}"))}, indent=2) + "\n")
     preview = _latest_preview(ckpt.parent)
     if preview is not None:
         shutil.copyfile(preview, folder / "samples.png")
     else:
         _fresh_grid(ckpt, folder / "samples.png")
-    (folder / "config.json").write_text(json.dumps({"gmkit.family": meta["gmkit.family"],
-                                                    "config": json.loads(meta.get("gmkit.config", "{}"))}, indent=2) + "\n")
-    (folder / "README.md").write_text(model_card(repo, meta, has_grid=True))
+    (folder / "README.md").write_text(model_card(repo, meta, has_grid=True, fmt=fmt, license_id=license_id))
     return sorted(p.name for p in folder.iterdir())
 
 

@@ -1,26 +1,36 @@
-"""One resolver for every command: a bundled name, a local file or run folder, or a Hub repo id.
+"""One resolver for every command: a bundled name, a local file or folder, or a Hub repo id.
 
     ddpm, ddim                    bundled defaults (package data, work offline)
-    path/to/model.safetensors     a checkpoint file
+    path/to/model.safetensors     a gmkit checkpoint, or a single-file Stable Diffusion checkpoint
     runs/x                        a run folder (its model.safetensors)
-    org/name[@revision][/sub]     a Hugging Face Hub repo, through huggingface_hub's cache
+    path/to/pipeline/             a diffusers pipeline folder (model_index.json)
+    org/name[@revision][/sub]     a Hugging Face Hub repo (``@refs/pr/3`` too), through huggingface_hub's cache
+
+``resolve`` finds the family, config and weights (read lazily); ``build`` makes the network.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from .checkpoint import PICKLE_SUFFIXES, load_tensors
+from .checkpoint import PICKLE_SUFFIXES, LazyState, parameters_on_meta, read_metadata
 from .config import from_dict
 from .errors import GmkitError
 from .families import Family, get_family
+from .interop.diffusers import resolve_pipeline
+from .interop.hub import HubId, RepoFiles, hub_repo, local_files, parse_hub_id
+from .interop.lora import apply_lora
+from .interop.pickles import converted
+from .interop.single_file import resolve_single_file
+from .resolved import Resolved
+
+__all__ = ["BUNDLED_MODELS", "Bundled", "Resolved", "build", "bundled_path", "load", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -47,108 +57,99 @@ BUNDLED_MODELS: dict[str, Bundled] = {
                   "4x super-resolution (SR3-style conditional diffusion) on OpenMoji, any input size (--image small.png)"),
 }
 
-HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^/]+))?(?:/(?P<sub>.+))?$")
-
-
 def bundled_path(name: str) -> Path:
     return Path(str(resources.files("gmkit") / "weights" / BUNDLED_MODELS[name].file))
-
-
-@dataclass
-class Resolved:
-    source: str
-    path: Path
-    family: type[Family]
-    config: object
-    state: dict[str, torch.Tensor]
-    meta: dict[str, str]
-    defaults: dict
 
 
 def _known() -> str:
     return ", ".join(BUNDLED_MODELS)
 
 
-def _hub_file(repo: str, revision: str | None, subfolder: str | None) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-    except ImportError:  # pragma: no cover - a core dependency
-        raise GmkitError("loading from the Hub needs huggingface-hub (pip install huggingface-hub)") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    # Read the cache location now, not at huggingface_hub's import, so the environment of this call counts.
-    cache_dir = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
-    try:
-        return Path(hf_hub_download(repo, "model.safetensors", subfolder=subfolder, revision=revision,
-                                    cache_dir=cache_dir, local_files_only=offline))
-    except LocalEntryNotFoundError:
-        if offline:
-            raise GmkitError(f"{repo}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                             "download it once with network access") from None
-        raise GmkitError(f"{repo}: cannot reach the Hugging Face Hub and the model is not cached") from None
-    except RepositoryNotFoundError:
-        raise GmkitError(f"{repo}: no such Hub repository (or it is private: log in with `hf auth login`)") from None
-    except RevisionNotFoundError:
-        raise GmkitError(f"{repo}: no revision {revision!r}") from None
-    except EntryNotFoundError:
-        raise GmkitError(f"{repo}: has no gmkit model.safetensors nor a diffusers model_index.json"
-                         f"{' in ' + subfolder if subfolder else ''}") from None
-    except OSError as e:
-        raise GmkitError(f"{repo}: download failed ({e})") from None
+def _looks_like_path(source: str) -> bool:
+    """A missing local path (said so), rather than a Hub id (``org/name/file.safetensors`` is one)."""
+    if source.startswith((".", "/", "~")):
+        return True
+    weights_file = Path(source).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+    return weights_file and (source.count("/") < 2 or Path(Path(source).parts[0]).is_dir())
 
 
-def locate(source: str) -> tuple[Path, dict]:
-    """Where a source's checkpoint file is, and the sample defaults its name implies."""
-    if source in BUNDLED_MODELS and not Path(source).exists():
-        path = bundled_path(source)
-        if not path.exists():
-            raise GmkitError(f"bundled model {source!r} is missing from the installation ({path}); reinstall gmkit")
-        return path, dict(BUNDLED_MODELS[source].defaults)
-    path = Path(source)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise GmkitError(f"{source}: pickled weights are refused (loading them can run arbitrary code); "
-                         "convert them to .safetensors")
-    if path.is_dir():
-        for name in ("model.safetensors",):
-            if (path / name).is_file():
-                return path / name, {}
-        found = sorted(p.name for p in path.iterdir())[:8]
-        raise GmkitError(f"{source}: folder has no model.safetensors (gmkit) nor model_index.json (diffusers) "
-                         f"(found: {', '.join(found) or 'nothing'})")
-    if path.is_file():
-        return path, {}
-    if path.suffix == ".safetensors" or source.startswith((".", "/", "~")):
-        raise GmkitError(f"{source}: no such file")
-    m = HUB_ID.match(source)
-    if m:
-        return _hub_file(m["repo"], m["rev"], m["sub"]), {}
-    raise GmkitError(f"unknown model {source!r}: not a bundled name ({_known()}), a file, a run folder or a Hub repo id")
+def resolve(source: str, allow_pickle: bool = False, prefer_half: bool = False, revision: str | None = None,
+            token: str | None = None, lora: Sequence[str] = (), config: str | None = None) -> Resolved:
+    """A model source -> ``Resolved`` (family, config, lazily read weights, the defaults its name implies).
+
+    ``allow_pickle``: read pickled weights (``.bin``, ``.ckpt``) with ``torch.load(weights_only=True)``.
+    ``prefer_half``: read ``fp16`` weight variants where a pipeline has them. ``revision`` / ``token``:
+    for Hub repos. ``lora``: ``FILE[:SCALE]`` adapters merged as the weights are read.
+    ``config``: the architecture of a single-file checkpoint (a diffusers pipeline folder or repo).
+    """
+    r = _resolve(source, allow_pickle, prefer_half, revision, token, config)
+    if lora:
+        apply_lora(r, lora, token=token, allow_pickle=allow_pickle)
+    return r
 
 
-def diffusers_files(source: str):
-    """A diffusers pipeline (a folder or Hub repo with model_index.json) as ``interop.hub.RepoFiles``; else None."""
-    from .interop.hub import hub_pipeline_files, local_files
-
-    path = Path(source)
+def _resolve(source, allow_pickle, prefer_half, revision, token, config) -> Resolved:
+    path = Path(source).expanduser()
+    if revision is not None and (source in BUNDLED_MODELS or path.exists()):
+        raise GmkitError(f"revision {revision!r} applies to Hub repos; {source} is "
+                         f"{'a bundled model' if source in BUNDLED_MODELS and not path.exists() else 'a local path'}")
     if source in BUNDLED_MODELS and not path.exists():
-        return None
+        bundled = bundled_path(source)
+        if not bundled.exists():
+            raise GmkitError(f"bundled model {source!r} is missing from the installation ({bundled}); reinstall gmkit")
+        r = gmkit_checkpoint(bundled, source)
+        r.defaults = dict(BUNDLED_MODELS[source].defaults)
+        return r
+    if path.is_file():
+        return _from_file(path, source, allow_pickle, prefer_half, token, config)
     if path.is_dir():
-        return local_files(path, source) if (path / "model_index.json").is_file() else None
-    if path.exists() or path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or source.startswith((".", "/", "~")):
-        return None
-    m = HUB_ID.match(source)
-    return hub_pipeline_files(m["repo"], m["rev"], m["sub"]) if m else None
+        return _from_files(local_files(path, source), allow_pickle, prefer_half, token, config)
+    if _looks_like_path(source):
+        raise GmkitError(f"{source}: no such file or folder")
+    hub = parse_hub_id(source, revision)
+    if hub is None:
+        raise GmkitError(f"unknown model {source!r}: not a bundled name ({_known()}), a file, a run folder or a Hub repo id")
+    if hub.subfolder and Path(hub.subfolder).suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        # org/name[@rev]/path/to/file.safetensors: one file of the repo (a single-file checkpoint)
+        folder, _, name = hub.subfolder.rpartition("/")
+        files = hub_repo(HubId(hub.repo, hub.revision, folder or None), token)
+        return _from_file(files.fetch([name]) / name, hub.label, allow_pickle, prefer_half, token, config)
+    return _from_files(hub_repo(hub, token), allow_pickle, prefer_half, token, config)
 
 
-def resolve(source: str, allow_pickle: bool = False, prefer_half: bool = False) -> Resolved:
-    """``allow_pickle`` and ``prefer_half`` (read fp16 weight variants) apply to diffusers pipelines."""
-    pipeline = diffusers_files(source)
-    if pipeline is not None:
-        from .interop.diffusers import resolve_pipeline
+def _from_files(files: RepoFiles, allow_pickle, prefer_half, token, config) -> Resolved:
+    """A folder or Hub repo: a diffusers pipeline, a gmkit checkpoint, or one single-file checkpoint."""
+    if "model_index.json" in files.names:
+        return resolve_pipeline(files, allow_pickle=allow_pickle, prefer_half=prefer_half)
+    if "model.safetensors" in files.names:
+        return gmkit_checkpoint(files.fetch(["model.safetensors"]) / "model.safetensors", files.label)
+    singles = sorted(n for n in files.names if "/" not in n and n.endswith(".safetensors"))
+    if len(singles) == 1:
+        return _from_file(files.fetch(singles) / singles[0], files.label, allow_pickle, prefer_half, token, config)
+    found = sorted(files.names)[:8]
+    raise GmkitError(f"{files.label}: no model.safetensors (gmkit), model_index.json (diffusers) nor a single "
+                     f"checkpoint file{' (' + str(len(singles)) + ' .safetensors files: name one)' if singles else ''} "
+                     f"(found: {', '.join(found) or 'nothing'})")
 
-        return resolve_pipeline(pipeline, allow_pickle=allow_pickle, prefer_half=prefer_half)
-    path, defaults = locate(source)
-    state, meta = load_tensors(path)
+
+def _from_file(path: Path, label: str, allow_pickle, prefer_half, token, config) -> Resolved:
+    """One file: a gmkit checkpoint, or a single-file Stable Diffusion checkpoint (original key layout)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise GmkitError(f"{label}: pickled weights are refused (loading them can run arbitrary code); "
+                             "convert them to .safetensors, or pass --allow-pickle to read them with "
+                             "torch.load(weights_only=True)")
+        path = converted(path, True, label)
+    meta = read_metadata(path)
+    if meta.get("gmkit.family"):
+        return gmkit_checkpoint(path, label)
+    return resolve_single_file(path, label, config=config, allow_pickle=allow_pickle, prefer_half=prefer_half,
+                               token=token)
+
+
+def gmkit_checkpoint(path: Path, source: str) -> Resolved:
+    """A gmkit checkpoint file: family and config from its metadata, weights read lazily."""
+    meta = read_metadata(path)
     family_name = meta.get("gmkit.family")
     if not family_name:
         raise GmkitError(f"{path}: not a gmkit checkpoint (no gmkit.family in its metadata)")
@@ -158,13 +159,29 @@ def resolve(source: str, allow_pickle: bool = False, prefer_half: bool = False) 
     except json.JSONDecodeError:
         raise GmkitError(f"{path}: its config metadata is not valid JSON") from None
     config = from_dict(family.Config, cfg_data, f"{path} config")
-    return Resolved(source, path, family, config, state, meta, defaults)
+    return Resolved(source, path, family, config, LazyState.from_file(path), meta, {})
+
+
+def _shape(state, key: str) -> tuple[int, ...]:
+    return state.shape(key) if isinstance(state, LazyState) else tuple(state[key].shape)
+
+
+def _tensor(state, key: str, dtype, device, memory_format):
+    if isinstance(state, LazyState):
+        return state.load(key, dtype, device, memory_format)
+    return state[key].to(device=device, dtype=dtype, memory_format=memory_format)
 
 
 def build(resolved: Resolved, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Family:
-    """Instantiate the family and load the weights, checking every name and shape."""
+    """Instantiate the family and load the weights, checking every name and shape.
+
+    The model is built with its parameters on the meta device (no memory, no random init) and each
+    weight is then read from disk straight into its final dtype, device and memory layout, so
+    loading costs about the final weights in memory (``benchmarks/load_memory.py``).
+    """
     try:
-        model = resolved.family(resolved.config)
+        with parameters_on_meta():
+            model = resolved.family(resolved.config)
     except (TypeError, ValueError) as e:
         raise GmkitError(f"{resolved.path}: its config cannot build a {resolved.family.name} model ({e})") from None
     expected = model.state_dict()
@@ -174,15 +191,27 @@ def build(resolved: Resolved, device: torch.device | str = "cpu", dtype: torch.d
         detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "")
         raise GmkitError(f"{resolved.path}: weights do not match the config ({detail.strip()})")
     for k, v in expected.items():
-        if tuple(v.shape) != tuple(resolved.state[k].shape):
-            raise GmkitError(f"{resolved.path}: tensor {k} has shape {tuple(resolved.state[k].shape)}, "
+        if tuple(v.shape) != _shape(resolved.state, k):
+            raise GmkitError(f"{resolved.path}: tensor {k} has shape {_shape(resolved.state, k)}, "
                              f"the config needs {tuple(v.shape)}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in resolved.state.items()})
-    model.eval().requires_grad_(False)
     # channels_last: ~15% faster convolutions on CPU (measured on the bundled UNet), same results.
+    state = {k: _tensor(resolved.state, k, dtype if v.is_floating_point() else v.dtype, device,
+                        torch.channels_last if v.ndim == 4 else torch.contiguous_format)
+             for k, v in expected.items()}
+    model.load_state_dict(state, assign=True)
+    del state
+    still_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if still_meta:
+        raise GmkitError(f"{resolved.path}: {resolved.family.name} left {still_meta[0]} unset after loading "
+                         "(a parameter outside its state dict)")
+    if resolved.text_encoder is not None:
+        model.attach_text_encoder(resolved.text_encoder)
+    model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
 
-def load(source: str, device="cpu", dtype=torch.float32, allow_pickle: bool = False) -> tuple[Family, Resolved]:
-    r = resolve(source, allow_pickle=allow_pickle, prefer_half=dtype in (torch.float16, torch.bfloat16))
+def load(source: str, device="cpu", dtype=torch.float32, allow_pickle: bool = False, revision: str | None = None,
+         token: str | None = None, lora: Sequence[str] = (), config: str | None = None) -> tuple[Family, Resolved]:
+    r = resolve(source, allow_pickle=allow_pickle, prefer_half=dtype in (torch.float16, torch.bfloat16),
+                revision=revision, token=token, lora=lora, config=config)
     return build(r, device, dtype), r

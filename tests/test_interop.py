@@ -19,41 +19,19 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from conftest import run_cli  # noqa: E402
+from hub_fixtures import NET_TOL, RUN_TOL, as_np_images, gens, randomize as _randomize, rel_err, tiny_sd_pipeline  # noqa: E402
 
 from gmkit.errors import GmkitError  # noqa: E402
 from gmkit.interop import diffusers as interop  # noqa: E402
+from gmkit.interop import diffusers_configs as configs  # noqa: E402
+from gmkit.interop.weights import Weights, choose_weights  # noqa: E402
 from gmkit.registry import load, resolve  # noqa: E402
 
-# RUN_TOL sits near fp32's floor for a sampling run: the first step from pure noise divides the
-# network's output by sqrt(alpha-bar_T) (about 1/150 for DDPM's linear schedule), so a 1e-6 network
-# difference becomes ~1e-4 in x_0. Weights are therefore fixed by seed (see _randomize); a wrong
+# RUN_TOL (hub_fixtures) sits near fp32's floor for a sampling run: the first step from pure noise divides
+# the network's output by sqrt(alpha-bar_T) (about 1/150 for DDPM's linear schedule), so a 1e-6 network
+# difference becomes ~1e-4 in x_0. Weights are therefore fixed by seed (hub_fixtures.randomize); a wrong
 # mapping is off by orders of magnitude more (test_a_wrong_key_mapping_is_caught).
-NET_TOL, RUN_TOL = 1e-5, 1e-4
 STEPS = 10
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = torch.as_tensor(ours).float(), torch.as_tensor(ref).float()
-    assert ours.shape == ref.shape
-    return float((ours - ref).abs().max() / ref.abs().max())
-
-
-def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Weights from ``seed`` alone, every parameter perturbed so no zero-initialised layer can hide a wrong mapping.
-
-    Layers are re-initialised under the seed first: a constructor draws from the global RNG, whose
-    state depends on which tests ran before, and the sampling tolerances must not.
-    """
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if hasattr(m, "reset_parameters") and m is not model:
-                m.reset_parameters()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def tiny_unet(**kw) -> "diffusers.UNet2DModel":
@@ -64,14 +42,6 @@ def tiny_unet(**kw) -> "diffusers.UNet2DModel":
                 downsample_padding=0, norm_eps=1e-6)
     args.update(kw)
     return _randomize(diffusers.UNet2DModel(**args), 1)
-
-
-def gens(n: int = 2) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(i) for i in range(n)]
-
-
-def as_np_images(x: torch.Tensor):
-    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
 def reference_run(pipe_cls, components: dict, scheduler_cls, scheduler_config, sampler: str, **kw):
@@ -167,10 +137,10 @@ def test_defaults_tables_match_the_installed_diffusers():
     def norm(v):
         return list(v) if isinstance(v, tuple) else v
 
-    for table, cls in ((interop.UNET2D_DEFAULTS, diffusers.UNet2DModel), (interop.VQMODEL_DEFAULTS, diffusers.VQModel)):
+    for table, cls in ((configs.UNET2D_DEFAULTS, diffusers.UNet2DModel), (configs.VQMODEL_DEFAULTS, diffusers.VQModel)):
         ref = defaults(cls)
         assert {k: norm(v) for k, v in table.items()} == {k: norm(ref[k]) for k in table}
-    for name, table in interop.SCHEDULER_DEFAULTS.items():
+    for name, table in configs.SCHEDULER_DEFAULTS.items():
         ref = defaults(getattr(diffusers, name))
         assert table == {k: ref[k] for k in table}, name
 
@@ -202,7 +172,7 @@ def test_fp16_variant_is_read_for_half_dtypes(ddpm_repo, tmp_path):
     assert resolve(str(folder), prefer_half=True).state["unet.conv_in.weight"].dtype == torch.float16
     assert resolve(str(folder)).state["unet.conv_in.weight"].dtype == torch.float32
     names = {"unet/diffusion_pytorch_model.fp16.safetensors"}  # only the variant: it serves fp32 too
-    assert interop.choose_weights(names, "unet", False, "x") == ("unet/diffusion_pytorch_model.fp16.safetensors", False)
+    assert choose_weights(names, "unet", False, "x", "unet") == Weights(("unet/diffusion_pytorch_model.fp16.safetensors",), False)
 
 
 def test_cli_samples_a_diffusers_folder_and_repo_id(ddpm_repo, tmp_path, monkeypatch):
@@ -368,19 +338,6 @@ def test_push_dry_run_writes_the_upload_folder_with_a_model_card(tiny_run, tmp_p
 PROMPTS = ["a futuristic cityscape at sunset", "a red apple"]
 
 
-def tiny_clip_tokenizer(folder: Path):
-    """A byte-level CLIP tokenizer with no merges (every character a token): built offline."""
-    from transformers import CLIPTokenizer
-
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77), len(tokens)
-
-
 def tiny_cond_unet(**kw):
     args = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -391,25 +348,9 @@ def tiny_cond_unet(**kw):
 
 @pytest.fixture(scope="session")
 def sd_repo(tmp_path_factory):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     base = tmp_path_factory.mktemp("diffusers")
-    tokenizer, vocab = tiny_clip_tokenizer(base / "vocab")
-    text = _randomize(CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                                   num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab - 2,
-                                                   eos_token_id=vocab - 1, pad_token_id=vocab - 1)), 2)
-    vae = _randomize(diffusers.AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                                             down_block_types=("DownEncoderBlock2D",) * 2,
-                                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                                             norm_num_groups=4, sample_size=16), 4)
-    # Stable Diffusion 1.x's scheduler settings: PNDM, scaled-linear betas, steps offset 1, alpha-bar_0 at the end.
-    scheduler = diffusers.PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                                        set_alpha_to_one=False, skip_prk_steps=True)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=tiny_cond_unet(),
-                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
+    pipe = tiny_sd_pipeline(base)
     pipe.save_pretrained(base / "sd")
-    pipe.set_progress_bar_config(disable=True)
     return base / "sd", pipe
 
 
@@ -432,7 +373,7 @@ def test_stable_diffusion_2_options_match_diffusers(tmp_path):
     unet = tiny_cond_unet(use_linear_projection=True, attention_head_dim=(2, 4),
                           down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                           up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
-    cfg = interop.unet2d_condition_config(dict(unet.config), "sd2")
+    cfg = configs.unet2d_condition_config(dict(unet.config), "sd2")
     assert cfg.use_linear_projection and cfg.num_heads == 0 and cfg.head_dim == 4
     from gmkit.nn.unet import UNet
 

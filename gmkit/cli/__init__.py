@@ -32,7 +32,7 @@ def _root(ctx: typer.Context,
 def _register() -> None:
     import importlib
 
-    for name in ("train", "sample", "encode", "decode", "quantize", "bench", "compare", "metrics", "models", "likelihood", "push"):
+    for name in ("train", "sample", "encode", "decode", "quantize", "bench", "compare", "metrics", "models", "likelihood", "push", "export"):
         try:
             module = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError:

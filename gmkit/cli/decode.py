@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, positive, resolve_device
+from ._common import DEVICE_HELP, REVISION_HELP, TOKEN_HELP, positive, resolve_device
 from .output import Output
 
 
@@ -22,6 +22,8 @@ def decode_cmd(
     batch_size: int = typer.Option(256, "--batch-size", help="Latents decoded at once."),
     out: str = typer.Option("decoded.png", "--out", "-o", "--output", help="x.png grid, folder/ one PNG each, x.safetensors raw, - PNG to stdout."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -44,7 +46,7 @@ def decode_cmd(
         refuse_terminal("--out -")
     tensors, meta = read_tensor_file(source, "input")
     where = "stdin" if source == "-" else source
-    m = load(model, resolve_device(device))
+    m = load(model, resolve_device(device), revision=revision, token=token)
     net = m.net
     if DECODE not in net.capabilities:
         raise GmkitError(f"{net.name} models have no decoder")

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, resolve_device
+from ._common import DEVICE_HELP, REVISION_HELP, TOKEN_HELP, resolve_device
 from .output import Output
 
 
@@ -54,6 +54,8 @@ def encode_cmd(
                                           "(probability-flow ODE latent; decode with sample --init Z --sampler heun)."),
     out: str = typer.Option("-", "--out", "-o", "--output", help="A .safetensors file, or - for stdout (to pipe into quantize/decode; never a terminal)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report (needs --out FILE)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -76,7 +78,7 @@ def encode_cmd(
     check_writable(out)
     if out == "-":
         refuse_terminal("--out -")
-    m = load(model, resolve_device(device))
+    m = load(model, resolve_device(device), revision=revision, token=token)
     c, h, _ = m.image_shape
     x, paths = gather_images(inputs, c, h)
     latents = m.encode(x, **opts.as_kwargs())  # codes and labels stay integers

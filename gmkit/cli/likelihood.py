@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, positive, resolve_device
+from ._common import DEVICE_HELP, REVISION_HELP, TOKEN_HELP, positive, resolve_device
 from .output import Output
 
 
@@ -23,6 +23,8 @@ def likelihood_cmd(
     batch_size: int = typer.Option(50, "--batch-size", help="Images per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the dequantization noise and trace probes."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -37,7 +39,7 @@ def likelihood_cmd(
     positive("--batch-size", batch_size)
     if seed < 0:
         raise GmkitError(f"--seed must be >= 0, got {seed}")
-    m = load(model, resolve_device(device))
+    m = load(model, resolve_device(device), revision=revision, token=token)
     net = m.net
     output = Output(json_out, quiet)
     report = {"model": model, "family": net.name}

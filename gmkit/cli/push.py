@@ -16,6 +16,8 @@ def push_cmd(
     out: Optional[str] = typer.Option(None, "--out", "-o", "--output", show_default="RUN/hub-upload for a dry run", help="Where to write that folder."),
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
     message: Optional[str] = typer.Option(None, "--message", "-m", help="Commit message."),
+    fmt: str = typer.Option("gmkit", "--format", help="gmkit (one model.safetensors) or diffusers (model_index.json + component folders, as gmkit export writes)."),
+    license_id: Optional[str] = typer.Option(None, "--license", help="The card's licence id (default: from the training data, e.g. cc-by-sa-4.0 for OpenMoji)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No messages."),
 ) -> None:
@@ -32,7 +34,7 @@ def push_cmd(
         folder = ckpt.parent / "hub-upload"
     else:
         folder = Path(tempfile.mkdtemp(prefix="gmkit-push-"))
-    files = prepare(run, repo, folder, replace=out is None and dry_run)
+    files = prepare(run, repo, folder, replace=out is None and dry_run, fmt=fmt, license_id=license_id)
     url = None if dry_run else upload(folder, repo, private, message)
     report = {"run": run, "repo": repo, "folder": str(folder), "files": files, "uploaded": not dry_run, "url": url}
     Output(json_out, quiet).result(report, f"dry run: wrote {', '.join(files)} to {folder} (nothing uploaded)" if dry_run

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, DTYPE_HELP, positive, resolve_device, resolve_dtype
+from ._common import DEVICE_HELP, REVISION_HELP, TOKEN_HELP, DTYPE_HELP, positive, resolve_device, resolve_dtype
 from .output import Output, refuse_terminal
 
 
@@ -33,9 +33,15 @@ def sample_cmd(
     strength: Optional[float] = typer.Option(None, "--strength", show_default="0.6; 1 with --mask", help="img2img: how far to noise --image, 0 (returns it) .. 1 (ignores it)."),
     resample: Optional[int] = typer.Option(None, "--resample", show_default="5", help="Inpainting: RePaint resamplings per jump (more blends better, costs more)."),
     jump: Optional[int] = typer.Option(None, "--jump", show_default="10", help="Inpainting: RePaint jump length in steps."),
+    height: Optional[int] = typer.Option(None, "--height", show_default="the model's size", help="Text-to-image: image height in pixels, a multiple of 8."),
+    width: Optional[int] = typer.Option(None, "--width", show_default="the model's size", help="Text-to-image: image width in pixels, a multiple of 8."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA adapter FILE[:SCALE] (a .safetensors file or Hub id; repeatable), merged into the weights at load."),
+    config: Optional[str] = typer.Option(None, "--config", show_default="inferred from the tensors", help="Single-file checkpoints: the diffusers pipeline (folder or Hub id) whose configs describe it."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images generated at once."),
     out: str = typer.Option("samples.png", "--out", "-o", "--output", help="x.png grid, folder/ one PNG each, x.safetensors raw, - PNG to stdout."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read pickled Hub weights (.bin) with torch.load(weights_only=True) and convert them once to safetensors."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the sampling networks (slow first batch, faster after; best on GPU)."),
@@ -56,7 +62,8 @@ def sample_cmd(
     seeds_check(seed)
     given = {"sampler": sampler, "steps": steps, "eta": eta, "class_label": class_label, "guidance": guidance,
              "truncation": truncation, "temperature": temperature, "schedule": schedule, "snr": snr,
-             "negative_prompt": negative_prompt, "strength": strength, "resample": resample, "jump": jump}
+             "negative_prompt": negative_prompt, "strength": strength, "resample": resample, "jump": jump,
+             "height": height, "width": width}
     # Ranges and combinations first, before anything is loaded (files stand in for their tensors).
     SampleOptions(**given, prompt=prompt, image=image, mask=mask, init=init).check()
     readers = [name for name, v in (("--image", image), ("--mask", mask), ("--prompt", prompt), ("--init", init)) if v == "-"]
@@ -71,7 +78,8 @@ def sample_cmd(
     dt = resolve_dtype(dtype, dev)
     rank, world, dev = _distributed(out, dev)  # under torchrun: this process's share of the batches
     quiet = quiet or rank > 0
-    m = load(model, dev, dt, allow_pickle=allow_pickle, compile=compile_)
+    m = load(model, dev, dt, allow_pickle=allow_pickle, compile=compile_, revision=revision, token=token, lora=lora or (),
+             config=config)
     net = m.net
     if prompt is not None:
         net.check_options({"prompt": prompt})

@@ -46,26 +46,48 @@ def predict_x0(x: torch.Tensor, eps: torch.Tensor, a_t: float) -> torch.Tensor:
 StepFn = Callable[[torch.Tensor, int, int], torch.Tensor]  # (x_t, t, t_prev) -> x_{t_prev}
 
 
-def ddpm_step(eps: EpsFn, alphas_cumprod: torch.Tensor, noise: Noise = None, clip: bool = True) -> StepFn:
+def ddpm_step(eps: EpsFn, alphas_cumprod: torch.Tensor, noise: Noise = None, clip: bool = True,
+              variance: str = "fixed_small") -> StepFn:
     """One ancestral DDPM step t -> t' (t' = -1: the clean image), Ho et al. 2020 eq. 6-7.
 
     Draws x_{t'} from the posterior q(x_{t'} | x_t, x_0) with x_0 predicted from eps, beta
-    recomputed for the gap t -> t' (Nichol & Dhariwal 2021 section 4), variance fixed to the
-    posterior's ("fixed small").
+    recomputed for the gap t -> t' (Nichol & Dhariwal 2021 section 4). ``variance`` picks the
+    step's variance: ``step_variance``.
     """
 
     def step(x: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
         a_t, a_prev = _alpha(alphas_cumprod, t), _alpha(alphas_cumprod, t_prev)
         beta = 1 - a_t / a_prev
-        x0 = predict_x0(x, eps(x, t), a_t)
+        out = eps(x, t)
+        e, v = out.chunk(2, dim=1) if variance == "learned_range" else (out, None)
+        x0 = predict_x0(x, e, a_t)
         if clip:
             x0 = x0.clamp(-1, 1)
         mean = (a_prev ** 0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
         if t_prev < 0:
             return mean
-        return mean + (beta * (1 - a_prev) / (1 - a_t)) ** 0.5 * randn(x.shape, noise, x.device, x.dtype)
+        return mean + step_variance(variance, beta, a_t, a_prev, v) ** 0.5 * randn(x.shape, noise, x.device, x.dtype)
 
     return step
+
+
+def step_variance(kind: str, beta: float, a_t: float, a_prev: float, predicted: torch.Tensor | None = None):
+    """The variance of DDPM's reverse step t -> t' (Ho et al. 2020 section 3.2):
+
+    fixed_small     the posterior's, beta~ = beta (1 - a_{t'}) / (1 - a_t)   (eq. 7)
+    fixed_large     beta itself (what the DDPM CIFAR-10 and LSUN models sampled with)
+    learned_range   exp(v log beta + (1 - v) log beta~) with v = (out + 1) / 2 read from the
+                    network's extra output channels (Nichol & Dhariwal 2021, eq. 15)
+    """
+    small = max(beta * (1 - a_prev) / (1 - a_t), 1e-20)
+    if kind == "fixed_small":
+        return small
+    if kind == "fixed_large":
+        return beta
+    if kind == "learned_range":
+        frac = (predicted + 1) / 2
+        return torch.exp(frac * math.log(beta) + (1 - frac) * math.log(small))
+    raise ValueError(f"unknown step variance {kind!r} (fixed_small, fixed_large, learned_range)")
 
 
 def ddim_step(eps: EpsFn, alphas_cumprod: torch.Tensor, eta: float = 0.0, noise: Noise = None, clip: bool = True,
@@ -103,9 +125,9 @@ def run_steps(step: StepFn, x: torch.Tensor, timesteps: Sequence[int], callback:
 
 
 def ddpm(eps: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,
-         noise: Noise = None, clip: bool = True, callback: Callback = None) -> torch.Tensor:
+         noise: Noise = None, clip: bool = True, callback: Callback = None, variance: str = "fixed_small") -> torch.Tensor:
     """Ancestral sampling of DDPM (Ho et al. 2020, Algorithm 2), on any subsequence of timesteps."""
-    return run_steps(ddpm_step(eps, alphas_cumprod, noise, clip), x, timesteps, callback)
+    return run_steps(ddpm_step(eps, alphas_cumprod, noise, clip, variance), x, timesteps, callback)
 
 
 def ddim(eps: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alphas_cumprod: torch.Tensor,

@@ -33,6 +33,7 @@ class DiffusionConfig:
     steps_offset: int = 0
     solver_spacing: str | None = None  # DPM-Solver++'s timestep spacing where it differs; None: timestep_spacing
     set_alpha_to_one: bool = True  # DDIM's last step lands on alpha-bar 1 (False: on alpha-bar_0, as SD's schedulers)
+    variance_type: str = "fixed_small"  # DDPM's step variance: fixed_small | fixed_large | learned_range (samplers.step_variance)
     class_dropout: float = 0.1  # share of labels replaced by "no label" in training (enables guidance)
 
 
@@ -103,13 +104,16 @@ class Diffusion(Family):
         return torch.where(drop, torch.full_like(labels, k), labels)
 
     # -- sampling -----------------------------------------------------------------------------
-    def guided_eps(self, cond: dict, uncond: dict | None = None, guidance: float | None = None):
+    def guided_eps(self, cond: dict, uncond: dict | None = None, guidance: float | None = None,
+                   keep_variance: bool = False):
         """Adapt the network to ``eps(x, t)``, the one function every sampler calls.
 
         ``cond`` / ``uncond`` are the UNet's conditioning keyword arguments (class labels, or prompt
         states); with both and ``guidance`` != 1, classifier-free guidance between them (Ho &
         Salimans 2022). v-prediction is converted. ``t`` is an integer timestep, or fractional ones,
-        one per sample (the score-SDE adapter, diffusion/sde.py).
+        one per sample (the score-SDE adapter, diffusion/sde.py). A network that also predicts its
+        variance (twice the channels out) has those channels dropped, or kept after eps with
+        ``keep_variance`` (for DDPM's learned_range step).
         """
         acp = self.alphas_cumprod
         dtype = next(self.unet.parameters()).dtype
@@ -129,6 +133,7 @@ class Diffusion(Family):
                 out = out_u + guidance * (out_c - out_u)
             else:
                 out = net(x, t_vec, cond)
+            out, variance = out.split(x.shape[1], dim=1) if out.shape[1] == 2 * x.shape[1] else (out, None)
             if self.config.prediction_type == "v_prediction":
                 if torch.is_tensor(t):  # a_t interpolated between the neighbouring integer timesteps
                     lo = t_vec.floor().long().clamp(0, len(acp) - 2)
@@ -137,25 +142,35 @@ class Diffusion(Family):
                 else:
                     a = float(acp[t])
                 out = a ** 0.5 * out + (1 - a) ** 0.5 * x
-            return out
+            return torch.cat([out, variance], dim=1) if keep_variance and variance is not None else out
 
         return eps
 
-    def eps_fn(self, class_label: torch.Tensor | None = None, guidance: float | None = None):
+    def eps_fn(self, class_label: torch.Tensor | None = None, guidance: float | None = None, keep_variance: bool = False):
         """``eps(x, t)`` for a class (or none); guidance against the reserved "no label" class."""
         if class_label is None:
-            return self.guided_eps({})
+            return self.guided_eps({}, keep_variance=keep_variance)
         null = torch.full_like(class_label, self.config.unet.num_classes)
-        return self.guided_eps({"class_labels": class_label}, {"class_labels": null}, guidance)
+        return self.guided_eps({"class_labels": class_label}, {"class_labels": null}, guidance, keep_variance)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """Shape of what the sampler denoises: the image here, a latent for latent diffusion."""
         return self.image_shape
 
-    def conditioned_eps(self, n: int, device, class_label: int | None = None, guidance: float | None = None, **_: Any):
+    def shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """What the sampler denoises for an image of this size (families that take height/width override)."""
+        return self.sample_shape
+
+    def conditioned_eps(self, n: int, device, class_label: int | None = None, guidance: float | None = None,
+                        keep_variance: bool = False, **_: Any):
         """The ``eps(x, t)`` the samplers call, with this model's conditioning (here: a class) applied."""
-        return self.eps_fn(self._labels(class_label, n, device), guidance)
+        return self.eps_fn(self._labels(class_label, n, device), guidance, keep_variance)
+
+    @property
+    def step_variance(self) -> str:
+        """DDPM's step variance (``samplers.step_variance``); older configs lack the field."""
+        return getattr(self.config, "variance_type", "fixed_small")
 
     def solver_timesteps(self, steps: int) -> list[int]:
         """The timesteps DPM-Solver++ visits: all above 0, since its last step lands on sigma = 0."""
@@ -200,20 +215,21 @@ class Diffusion(Family):
             raise GmkitError(f"--schedule and --snr apply to the score-view samplers ({', '.join(sde_samplers.SAMPLERS)}), not {sampler}")
         steps = steps or (self.config.num_train_timesteps if sampler == "ddpm" else 50)
         ts = self.timesteps(steps)
-        shape = self.sample_shape
+        shape = self.shape_for(_.get("height"), _.get("width"))
         if init is not None:
             if tuple(init.shape[1:]) != shape:
                 raise GmkitError(f"--init holds shape {tuple(init.shape)}, this model needs (N, {', '.join(map(str, shape))})")
             x = init.to(device=device, dtype=torch.float32)
         else:
             x = samplers.randn((n, *shape), noise, device)
-        eps = self.conditioned_eps(x.shape[0], device, class_label=class_label, guidance=guidance, **_)
+        learned = sampler == "ddpm" and self.step_variance == "learned_range"
+        eps = self.conditioned_eps(x.shape[0], device, class_label=class_label, guidance=guidance, keep_variance=learned, **_)
         acp = self.alphas_cumprod
         clip = self.config.clip_sample
         if sampler == "ddpm":
             if eta is not None:
                 raise GmkitError("--eta applies to the ddim sampler only")
-            return samplers.ddpm(eps, x, ts, acp, noise=noise, clip=clip, callback=callback)
+            return samplers.ddpm(eps, x, ts, acp, noise=noise, clip=clip, callback=callback, variance=self.step_variance)
         if sampler == "ddim":
             final = 1.0 if getattr(self.config, "set_alpha_to_one", True) else float(acp[0])
             return samplers.ddim(eps, x, ts, acp, eta=eta or 0.0, noise=noise, clip=clip, callback=callback,
@@ -264,18 +280,19 @@ class Diffusion(Family):
             return x0.clone()
         acp, clip = self.alphas_cumprod, self.config.clip_sample
         x = samplers.randn((n, *shape), noise, device) if len(ts) == len(full) else editing.add_noise(x0, ts[0], acp, noise)
-        eps = self.conditioned_eps(n, device, **options)
+        learned = sampler == "ddpm" and self.step_variance == "learned_range"
+        eps = self.conditioned_eps(n, device, keep_variance=learned, **options)
         if mask is not None:
             m = editing.mask_to(mask.to(device, torch.float32), tuple(shape[-2:])).expand(n, 1, *shape[-2:])
             final = 1.0 if getattr(self.config, "set_alpha_to_one", True) else float(acp[0])
-            step = (samplers.ddpm_step(eps, acp, noise, clip) if sampler == "ddpm"
+            step = (samplers.ddpm_step(eps, acp, noise, clip, self.step_variance) if sampler == "ddpm"
                     else samplers.ddim_step(eps, acp, eta or 0.0, noise, clip, final))
             for name, v in (("--resample", resample), ("--jump", jump)):
                 if v is not None and v < 1:
                     raise GmkitError(f"{name} must be >= 1, got {v}")
             return editing.repaint(step, x, x0, m, ts, acp, noise, jump or 10, resample or 5, callback)
         if sampler == "ddpm":
-            return samplers.ddpm(eps, x, ts, acp, noise=noise, clip=clip, callback=callback)
+            return samplers.ddpm(eps, x, ts, acp, noise=noise, clip=clip, callback=callback, variance=self.step_variance)
         if sampler == "ddim":
             return samplers.ddim(eps, x, ts, acp, eta=eta or 0.0, noise=noise, clip=clip, callback=callback)
         return samplers.dpmpp_2m(eps, x, ts, acp, callback=callback)

