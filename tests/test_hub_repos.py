@@ -121,6 +121,10 @@ def test_pr_revision_with_safetensors_by_inline_ref_and_by_option(hub):
     main = resolve(CELEBAHQ, allow_pickle=True)
     for k in ("unet.conv_in.weight", "vqvae.quantize.embedding.weight"):
         assert torch.equal(a.state[k], main.state[k])
+    import gmkit
+
+    model = gmkit.load(CELEBAHQ, device="cpu", revision="refs/pr/1")  # the Python API takes the same options
+    assert torch.equal(model.net.unet.conv_in.weight, main.state["unet.conv_in.weight"])
     with pytest.raises(GmkitError, match="give one"):
         resolve(CELEBAHQ + "@refs/pr/1", revision="main")
     with pytest.raises(GmkitError, match="not in the local Hugging Face cache"):

@@ -16,7 +16,7 @@ def export_cmd(
     fmt: str = typer.Option("diffusers", "--format", help="diffusers: model_index.json + one folder per component."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="The scheduler to write: ddpm, ddim or dpm++2m (default: what the model name implies)."),
     dtype: str = typer.Option("fp32", "--dtype", help="Weights written as fp32, fp16 or bf16."),
-    lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA FILE[:SCALE] merged into the exported weights (repeatable)."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="<str>", help="LoRA FILE[:SCALE] merged into the exported weights (repeatable)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Read pickled weights with torch.load(weights_only=True)."),
     revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
     token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),

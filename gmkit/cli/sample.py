@@ -35,7 +35,7 @@ def sample_cmd(
     jump: Optional[int] = typer.Option(None, "--jump", show_default="10", help="Inpainting: RePaint jump length in steps."),
     height: Optional[int] = typer.Option(None, "--height", show_default="the model's size", help="Text-to-image: image height in pixels, a multiple of 8."),
     width: Optional[int] = typer.Option(None, "--width", show_default="the model's size", help="Text-to-image: image width in pixels, a multiple of 8."),
-    lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA adapter FILE[:SCALE] (a .safetensors file or Hub id; repeatable), merged into the weights at load."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="<str>", help="LoRA adapter FILE[:SCALE] (a .safetensors file or Hub id; repeatable), merged into the weights at load."),
     config: Optional[str] = typer.Option(None, "--config", show_default="inferred from the tensors", help="Single-file checkpoints: the diffusers pipeline (folder or Hub id) whose configs describe it."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images generated at once."),
     out: str = typer.Option("samples.png", "--out", "-o", "--output", help="x.png grid, folder/ one PNG each, x.safetensors raw, - PNG to stdout."),
