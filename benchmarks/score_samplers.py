@@ -1,4 +1,4 @@
-"""Sample quality against network evaluations (NFE) for the score-view samplers and DDIM, one run.
+"""Sample quality against network evaluations (NFE) for any samplers and schedules, one run.
 
 Quality: FD-gmkit-mnist over gmkit's shipped MNIST feature extractor (a small CNN, not InceptionV3,
 so not FID) against the 500 held-out MNIST images, beside the real-vs-real baseline. Every
@@ -18,22 +18,16 @@ from pathlib import Path
 
 import torch
 
-from gmkit.diffusion import sde_samplers
+from gmkit.diffusion.samplers import network_calls
 from gmkit.imageio import save_images
 from gmkit.metrics.evaluate import evaluate
 from gmkit.registry import load
 
 
-def nfe(sampler: str, steps: int) -> int:
-    if sampler in sde_samplers.SAMPLERS:
-        return sde_samplers.network_calls(sampler, steps)
-    return steps  # ddpm, ddim: one call per step
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="ddpm")
-    p.add_argument("--runs", default="ddim:10,heun:6")
+    p.add_argument("--runs", default="ddim:10,heun:6", help="sampler:steps[:schedule],... (schedule: the sampler's default)")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--grids", default=None, help="folder for a 64-image grid per run")
@@ -43,24 +37,25 @@ def main() -> None:
     net, _ = load(args.model)
     rows = []
     for item in args.runs.split(","):
-        sampler, steps = item.split(":")
-        steps = int(steps)
+        sampler, steps, *schedule = item.split(":")
+        steps, schedule = int(steps), (schedule[0] if schedule else None)
         t = time.perf_counter()
         chunks = []
         for start in range(0, args.n, args.batch):
             gens = [torch.Generator().manual_seed(i) for i in range(start, min(start + args.batch, args.n))]
-            chunks.append(net.sample(gens, sampler=sampler, steps=steps).float().cpu())
+            chunks.append(net.sample(gens, sampler=sampler, steps=steps, schedule=schedule).float().cpu())
         x = torch.cat(chunks)
         seconds = time.perf_counter() - t
         m = evaluate(x, "mnist")
-        row = {"model": args.model, "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "n": args.n,
+        row = {"model": args.model, "sampler": sampler, "schedule": schedule or "default", "steps": steps,
+               "nfe": network_calls(sampler, steps), "n": args.n,
                "fd": m["metrics"]["fd"], "kid": m["metrics"]["kid"], "precision": m["metrics"]["precision"],
                "recall": m["metrics"]["recall"], "baseline_fd": m["baseline_real_train_vs_heldout"]["fd"],
                "confident_share": m["confident_share"], "seconds": round(seconds, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.grids:
-            save_images(x[:64], str(Path(args.grids) / f"{args.model}-{sampler}-{steps}.png"))
+            save_images(x[:64], str(Path(args.grids) / f"{args.model}-{sampler}-{steps}{'-' + schedule if schedule else ''}.png"))
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")

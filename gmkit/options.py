@@ -40,8 +40,8 @@ class SampleOptions:
 
     sampler: str | None = None  # ddpm, ddim, dpm++2m, pc, heun, ... (the family's samplers)
     steps: int | None = None  # sampler steps (>= 1)
-    eta: float | None = None  # DDIM noise, 0 (deterministic) .. 1 (DDPM-like)
-    schedule: str | None = None  # noise levels of the score-view samplers: karras or geometric
+    eta: float | None = None  # ddim / euler-ancestral noise, 0 (deterministic) .. 1 (DDPM-like)
+    schedule: str | None = None  # noise levels: discrete (the model's own), karras, exponential (= geometric)
     snr: float | None = None  # pc sampler: signal-to-noise ratio of the corrector (> 0)
     class_label: int | None = None  # class-conditional models: the class (>= 0)
     guidance: float | None = None  # classifier-free guidance scale (>= 0)
@@ -114,8 +114,12 @@ class SampleOptions:
                               "{resample} and {jump} apply to inpainting: add {mask}")
         if self.init is not None and self.image is not None:
             raise OptionError("init", "{init} and {image} both give the starting point; use one")
-        if self.eta is not None and self.sampler is not None and self.sampler != "ddim":
-            raise OptionError("eta", "applies to the ddim sampler only (give {sampler} ddim)")
+        if self.eta is not None and self.sampler is not None:
+            from .diffusion.samplers import SAMPLERS  # the samplers' facts (imports torch: only when eta is given)
+
+            if self.sampler in SAMPLERS and "eta" not in SAMPLERS[self.sampler].params:
+                takers = " and ".join(k for k, v in SAMPLERS.items() if "eta" in v.params)
+                raise OptionError("eta", f"{{eta}} applies to the {takers} samplers, not {self.sampler} (give {{sampler}} ddim)")
         return self
 
     def check_for(self, family) -> "SampleOptions":

@@ -1,5 +1,7 @@
 """Image editing and restoration: img2img (SDEdit), inpainting (RePaint), super-resolution (SR3)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,18 +10,20 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 from gmkit.diffusion import editing, samplers
-from gmkit.diffusion.schedules import alphas_cumprod, make_betas
+from gmkit.diffusion.process import DiffusionProcess, ProcessConfig
+from gmkit.diffusion.samplers import SAMPLERS
+from gmkit.errors import OptionError
 from gmkit.imageio import load_input_image, load_mask
 
-ACP = alphas_cumprod(make_betas("linear", 100, 1e-4, 0.02))
+PROCESS = DiffusionProcess.discrete(ProcessConfig(num_train_timesteps=100, clip_sample=False))
 
 
 def _oracle(target: torch.Tensor):
-    """eps(x, t) of a perfect model whose data is the single image ``target``."""
-    def eps(x, t):
-        a = float(ACP[t])
+    """The denoiser of a perfect model whose data is the single image ``target``."""
+    def net(x, c):
+        a = PROCESS.alpha_bar(float(PROCESS.levels.sigma(c[:1].double())))
         return (x - a ** 0.5 * target) / (1 - a) ** 0.5
-    return eps
+    return PROCESS.denoiser(net)
 
 
 def _digit(path, size=8, shape="ellipse"):
@@ -40,10 +44,10 @@ def _half_mask(path, size=8, fill=255):
 # -- the pure functions ----------------------------------------------------------------------------
 
 def test_strength_picks_the_tail_of_the_schedule():
-    ts = list(range(90, -1, -10))  # 10 steps, noisiest first
-    assert editing.strength_timesteps(ts, 0) == []
-    assert editing.strength_timesteps(ts, 1) == ts
-    assert editing.strength_timesteps(ts, 0.3) == [20, 10, 0]
+    sigmas = torch.arange(10, -1, -1, dtype=torch.float64)  # 10 steps, noisiest first, then 0
+    assert len(editing.strength_sigmas(sigmas, 0)) == 1  # no step left
+    assert torch.equal(editing.strength_sigmas(sigmas, 1), sigmas)
+    assert editing.strength_sigmas(sigmas, 0.3).tolist() == [3, 2, 1, 0]
 
 
 def test_repaint_schedule_goes_down_with_jumps_back():
@@ -59,17 +63,26 @@ def test_sdedit_and_repaint_with_a_perfect_model():
     g = torch.Generator().manual_seed(0)
     image = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1
     target = torch.rand(2, 1, 8, 8, generator=g) * 2 - 1
-    ts = list(range(99, -1, -10))
+    sigmas = PROCESS.sigmas("discrete", 10)
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    x = editing.add_noise(image, ts[0], ACP, gens)
-    out = samplers.ddim(_oracle(target), x, ts, ACP)
+    den = _oracle(target)
+    x = PROCESS.q_sample(image, PROCESS.alpha_bar(float(sigmas[0])), samplers.randn(image.shape, gens, "cpu"))
+    out = samplers.ddim(den, x, sigmas)
     assert torch.allclose(out, target, atol=1e-4)  # SDEdit lands on the model's data
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 4:] = 1
-    step = samplers.ddpm_step(_oracle(target), ACP, gens)
-    out = editing.repaint(step, samplers.randn((2, 1, 8, 8), gens, "cpu"), image, mask, ts, ACP, gens, jump=3, resample=3)
+
+    def step(x, s, s_next):
+        return samplers.ddpm(den, x, [s, s_next], noise=gens)
+
+    out = editing.repaint(step, PROCESS, samplers.randn((2, 1, 8, 8), gens, "cpu"), image, mask, sigmas, gens,
+                          jump=3, resample=3)
     assert torch.equal(out[..., :4], image[..., :4])  # the known region exactly
     assert torch.allclose(out[..., 4:], target[..., 4:], atol=1e-4)  # the hole from the model
+    # the masked-denoiser scheme of the deterministic solvers: the known region follows the image
+    masked = editing.MaskedDenoiser(den, image, mask.expand(2, -1, -1, -1))
+    out = samplers.dpmpp_2m(masked, samplers.randn((2, 1, 8, 8), gens, "cpu"), PROCESS.sigmas("discrete", 10, solver=True))
+    assert torch.allclose(out[..., :4], image[..., :4], atol=1e-4) and torch.allclose(out[..., 4:], target[..., 4:], atol=1e-4)
 
 
 def test_mask_to_latent_size_keeps_every_touched_cell():
@@ -77,6 +90,66 @@ def test_mask_to_latent_size_keeps_every_touched_cell():
     m[0, 0, 3, 3] = 1
     small = editing.mask_to(m, (4, 4))
     assert small.sum() == 1 and small[0, 0, 1, 1] == 1
+
+
+# -- every sampler x {pixel, latent} x {sample, img2img, inpaint} on tiny random models --------------
+
+class _StubText:
+    """A stand-in text encoder (deterministic states per prompt), so the latent model needs no download."""
+
+    dim, max_length = 8, 8
+
+    def encode(self, prompts):
+        states = torch.stack([torch.randn(3, self.dim, generator=torch.Generator().manual_seed(len(p))) for p in prompts])
+        return states, torch.ones(len(prompts), 3, dtype=torch.bool)
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from gmkit.families.autoencoder import AutoencoderConfig
+    from gmkit.families.ddpm import DDPM, DDPMConfig
+    from gmkit.families.ldm import LDM, LDMConfig
+    from gmkit.nn.autoencoder_kl import AutoencoderKLConfig
+    from gmkit.nn.unet import UNetConfig
+
+    torch.manual_seed(0)
+    unet = UNetConfig(sample_size=8, block_out_channels=[8, 16], attention_blocks=[1], norm_groups=4, head_dim=8)
+    ddpm = DDPM(DDPMConfig(unet=unet, num_train_timesteps=100)).eval()
+    vae = AutoencoderKLConfig(block_out_channels=[8, 8], norm_num_groups=4, mid_attention=False)
+    ldm = LDM(LDMConfig(image_size=8, in_channels=1, autoencoder=AutoencoderConfig(vae=vae), latent_scale=1.0,
+                        unet=dataclasses.replace(unet, cross_attention_dim=8), num_train_timesteps=100)).eval()
+    ldm._text = _StubText()
+    return {"pixel": ddpm, "latent": ldm}
+
+
+@pytest.mark.parametrize("space", ["pixel", "latent"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_samples_edits_and_inpaints(tiny_models, space, sampler):
+    net = tiny_models[space]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    opts = {"sampler": sampler, "steps": 3}
+    if space == "latent":
+        opts["prompt"] = "a digit"
+    x = net.sample(gens(), **opts)
+    assert x.shape == (2, 1, 8, 8) and bool(x.isfinite().all()) and float(x.abs().max()) <= 1
+    default = SAMPLERS[sampler].default_schedule.replace("geometric", "exponential")  # two names, one schedule
+    for schedule in ("discrete", "karras", "exponential"):  # any schedule with any sampler
+        other = net.sample(gens(), schedule=schedule, **opts)
+        assert bool(other.isfinite().all()) and (schedule == default) == torch.equal(other, x), schedule
+    image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    edited = net.sample(gens(), image=image, strength=0.5, **opts)
+    assert edited.shape == (2, 1, 8, 8) and bool(edited.isfinite().all())
+    assert not torch.equal(edited, x)  # another start: the noised image
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1
+    extra = {"resample": 2, "jump": 2} if SAMPLERS[sampler].inpaint == "repaint" else {}
+    filled = net.sample(gens(), image=image, mask=mask, **opts, **extra)
+    assert torch.equal(filled[..., :4], image.expand(2, -1, -1, -1)[..., :4])  # the known region exactly
+    assert bool(filled.isfinite().all()) and (filled[..., 4:] - image[..., 4:]).abs().max() > 0.01
+    if not extra:  # RePaint's settings do not apply to the masked scheme: said, naming the setting
+        with pytest.raises(OptionError, match="RePaint") as e:
+            net.sample(gens(), image=image, mask=mask, resample=2, **opts)
+        assert e.value.setting == "resample"
 
 
 # -- img2img from the command line -----------------------------------------------------------------
@@ -183,10 +256,13 @@ def test_image_for_a_family_that_cannot_use_it_names_those_that_can(tmp_path):
         assert "ddpm" in r.err and "ldm" in r.err and "sr" in r.err
 
 
-def test_inpainting_refuses_a_sampler_it_cannot_use(tiny_run, tmp_path):
+def test_inpainting_with_an_ode_solver_names_repaints_settings(tiny_run, tmp_path):
     src, hole = _digit(tmp_path / "digit.png"), _half_mask(tmp_path / "hole.png")
-    r = run_cli("sample", str(tiny_run), "--image", str(src), "--mask", str(hole), "--sampler", "heun")
-    assert r.code != 0 and "inpainting runs with ddpm, ddim" in r.err
+    r = run_cli("sample", str(tiny_run), "--image", str(src), "--mask", str(hole), "--sampler", "heun", "--steps", "3",
+                "--out", str(tmp_path / "x.png"))
+    assert r.code == 0, r.err
+    r = run_cli("sample", str(tiny_run), "--image", str(src), "--mask", str(hole), "--sampler", "heun", "--jump", "3")
+    assert r.code == 2 and "--jump applies to RePaint inpainting" in r.err and "Traceback" not in r.err
 
 
 # -- latent diffusion ------------------------------------------------------------------------------
@@ -240,7 +316,7 @@ def test_train_sr_and_upsample_a_file(tmp_path):
     r = run_cli("sample", str(out), "--image", str(small), "--mask", str(small))
     assert r.code != 0 and "sr models do not take --mask" in r.err
     r = run_cli("sample", str(out))
-    assert r.code != 0 and "give --image" in r.err
+    assert r.code != 0 and "--image is needed" in r.err
 
 
 def test_scale_is_for_sr_only():

@@ -72,7 +72,7 @@ def test_flat_repo_loads_from_the_root_and_samples_like_diffusers_with_fixed_lar
     assert pipe.scheduler.config.variance_type == "fixed_large"
     ref = pipe(batch_size=2, generator=gens(), num_inference_steps=STEPS, output_type="np").images
     assert rel_err(as_np_images(net.sample(gens(), sampler="ddpm", steps=STEPS)), ref) <= RUN_TOL
-    net.config.variance_type = "fixed_small"  # the step variance matters: the wrong one is far off
+    net.process.variance_type = "fixed_small"  # the step variance matters: the wrong one is far off
     assert rel_err(as_np_images(net.sample(gens(), sampler="ddpm", steps=STEPS)), ref) > 1e-2
 
 

@@ -103,14 +103,14 @@ def test_guidance_one_is_the_conditional_model_and_zero_the_unconditional(tiny_l
     from gmkit.registry import load
 
     net, _ = load(str(tiny_ldm))
-    x = torch.randn(2, *net.sample_shape)
-    cond = net.conditioned_eps(2, "cpu", guidance=1.0, prompt="a handwritten digit seven")(x, 50)
-    uncond = net.conditioned_eps(2, "cpu", guidance=1.0, prompt="")(x, 50)
-    g0 = net.conditioned_eps(2, "cpu", guidance=0.0, prompt="a handwritten digit seven")(x, 50)
-    g3 = net.conditioned_eps(2, "cpu", guidance=3.0, prompt="a handwritten digit seven")(x, 50)
+    x, t = torch.randn(2, *net.sample_shape), torch.full((2,), 50.0)
+    cond = net.network(2, guidance=1.0, prompt="a handwritten digit seven")(x, t)
+    uncond = net.network(2, guidance=1.0, prompt="")(x, t)
+    g0 = net.network(2, guidance=0.0, prompt="a handwritten digit seven")(x, t)
+    g3 = net.network(2, guidance=3.0, prompt="a handwritten digit seven")(x, t)
     torch.testing.assert_close(g0, uncond, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(g3, uncond + 3 * (cond - uncond), atol=1e-5, rtol=1e-4)
-    neg = net.conditioned_eps(2, "cpu", guidance=1.0, prompt="", negative_prompt="x")(x, 50)
+    neg = net.network(2, guidance=1.0, prompt="", negative_prompt="x")(x, t)
     torch.testing.assert_close(neg, uncond)  # guidance 1 never reads the negative branch
 
 

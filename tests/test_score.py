@@ -12,10 +12,11 @@ import math
 import pytest
 import torch
 
-from gmkit.diffusion import samplers, sde_samplers
+from gmkit.diffusion import samplers
 from gmkit.diffusion.ode_likelihood import ode_log_likelihood
-from gmkit.diffusion.schedules import alphas_cumprod, linear_betas, sampling_timesteps
-from gmkit.diffusion.sde import DiscreteSigmas, VESDE, VPSDE, karras_sigmas
+from gmkit.diffusion.process import VESDE, VPSDE, DiscreteLevels
+from gmkit.diffusion.samplers import SAMPLERS
+from gmkit.diffusion.schedules import SIGMA_SCHEDULES, alphas_cumprod, karras_sigmas, linear_betas
 
 from conftest import run_cli
 
@@ -63,6 +64,12 @@ def check_mixture(x: torch.Tensor, tol: float = 0.04) -> None:
         assert abs(mean - m) < tol and abs(std - STD) < tol, f"mode at {m}: mean {mean:.3f}, std {std:.3f}"
 
 
+def generate(den, sampler: str, x: torch.Tensor, noise, steps: int) -> torch.Tensor:
+    """A sampler from the registry on its default sigma schedule between the denoiser's levels."""
+    info = SAMPLERS[sampler]
+    return info.fn(den, x, SIGMA_SCHEDULES[info.default_schedule](steps, den.sigma_min, den.sigma_max), noise=noise)
+
+
 N, DIM = 2000, 16  # 16 dimensions: the pc corrector's step size uses norms, meaningful only beyond 1-D
 
 
@@ -72,7 +79,7 @@ def test_sampler_recovers_mixture(sampler, steps):
     den = Mixture(DIM)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(N, DIM, generator=g)
-    out = sde_samplers.generate(den, sampler, x, g, steps=steps)
+    out = generate(den, sampler, x, g, steps=steps)
     check_mixture(out)
 
 
@@ -81,19 +88,9 @@ def test_a_wrong_score_fails_the_check():
     den = Mixture(1)
     den.means = -den.means
     g = torch.Generator().manual_seed(1)
-    out = sde_samplers.generate(den, "heun", torch.randn(N, 1, generator=g), g, steps=18)
+    out = generate(den, "heun", torch.randn(N, 1, generator=g), g, steps=18)
     with pytest.raises(AssertionError):
         check_mixture(out)
-
-
-def test_stochastic_samplers_depend_on_each_images_seed_alone():
-    den = Mixture(1)
-    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    for sampler in sorted(sde_samplers.STOCHASTIC):
-        x = samplers.randn((4, 1), gens([10, 11, 12, 13]), "cpu")
-        full = sde_samplers.generate(den, sampler, x, gens([10, 11, 12, 13]), steps=8)
-        one = sde_samplers.generate(den, sampler, samplers.randn((1, 1), gens([12]), "cpu"), gens([12]), steps=8)
-        torch.testing.assert_close(one[0], full[2], msg=sampler)
 
 
 def test_ode_likelihood_matches_true_density_exact_trace():
@@ -130,7 +127,7 @@ def test_sigma_views_are_inverse():
     for sde in (VESDE(0.01, 35.0), VPSDE()):
         t = torch.linspace(0.01, 1, 50, dtype=torch.float64)
         torch.testing.assert_close(sde.t(sde.sigma(t)), t)
-    disc = DiscreteSigmas(alphas_cumprod(linear_betas(1000)))
+    disc = DiscreteLevels(alphas_cumprod(linear_betas(1000)))
     t = torch.tensor([0.0, 3.25, 500.5, 998.9], dtype=torch.float64)
     torch.testing.assert_close(disc.t(disc.sigma(t)), t)
     s = karras_sigmas(18, 0.002, 80.0)
@@ -138,34 +135,33 @@ def test_sigma_views_are_inverse():
 
 
 def _tiny_ddpm():
-    from gmkit.families.diffusion import Diffusion, DiffusionConfig
+    from gmkit.families.ddpm import DDPM, DDPMConfig
     from gmkit.nn.unet import UNetConfig
 
     torch.manual_seed(0)
-    cfg = DiffusionConfig(unet=UNetConfig(sample_size=8, block_out_channels=[8, 16], attention_blocks=[1], norm_groups=4),
-                          clip_sample=False)
-    return Diffusion(cfg).eval()
+    cfg = DDPMConfig(unet=UNetConfig(sample_size=8, block_out_channels=[8, 16], attention_blocks=[1], norm_groups=4),
+                     clip_sample=False)
+    return DDPM(cfg).eval()
 
 
 def test_eps_to_score_adapter_euler_is_ddim():
     """Euler on the probability-flow ODE at DDPM's own discrete sigmas is DDIM with eta = 0
     (Song et al. 2021a, sec. 4.3): the adapter must reproduce the DDIM sampler step for step."""
     model = _tiny_ddpm()
-    ts = sampling_timesteps(1000, 10)
+    sigmas = model.process.sigmas("discrete", 10)
     g = torch.Generator().manual_seed(0)
     x_t = torch.randn(3, 1, 8, 8, generator=g)
     with torch.no_grad():
-        want = samplers.ddim(model.eps_fn(), x_t, ts, model.alphas_cumprod, eta=0.0, clip=False)
-        den = model.denoiser()
-        sigmas = torch.cat([DiscreteSigmas(model.alphas_cumprod).sigmas[ts], torch.zeros(1, dtype=torch.float64)])
-        got = sde_samplers.euler(den, x_t * sde_samplers.start_scale(float(sigmas[0])), sigmas)
-    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
+        den = model.denoiser(3)
+        want = samplers.ddim(den, x_t, sigmas)
+        got = samplers.euler(den, x_t, sigmas)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
 
 def test_ddpm_network_samples_with_every_sampler():
     model = _tiny_ddpm()
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    for name in sde_samplers.SAMPLERS:
+    for name in SAMPLERS:
         x = model.sample(gens, sampler=name, steps=4)
         assert x.shape == (2, 1, 8, 8) and bool(x.isfinite().all()), name
 
@@ -174,8 +170,9 @@ def test_ode_encode_round_trip_on_the_mixture():
     den = Mixture(2)
     g = torch.Generator().manual_seed(0)
     x = (MEANS[torch.tensor([0, 1, 1])] + STD * torch.randn(3, 2, generator=g, dtype=torch.float64)).float()
-    z = sde_samplers.ode_encode(den, x, steps=40)
-    back = sde_samplers.generate(den, "heun", z, None, steps=40)
+    sigmas = karras_sigmas(40, den.sigma_min, den.sigma_max)
+    z = samplers.ode_encode(den, x, sigmas[:-1].flip(0))
+    back = samplers.heun(den, z, sigmas)
     assert (back - x).abs().max() < 0.02
 
 

@@ -55,7 +55,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     _train(out, 2)
     before = (out / "model.safetensors").read_bytes()
-    from gmkit.families.diffusion import Diffusion
+    from gmkit.families.ddpm import DDPM as Diffusion
 
     real = Diffusion.forward
 

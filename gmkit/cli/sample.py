@@ -15,12 +15,13 @@ def sample_cmd(
     model: str = typer.Argument(..., help="Bundled name (ddpm, ddim, ...), checkpoint file, run folder or Hub repo id."),
     num_images: Optional[int] = typer.Option(None, "-n", "--num-images", "--num-samples", show_default="16; 1 with --image or one --prompt; with --init, its batch", help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Image i comes from seed S+i, whatever the batch size."),
-    steps: Optional[int] = typer.Option(None, "--steps", "--num-inference-steps", show_default="the model's: ddpm 1000, ddim 50, ...", help="Sampler steps."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", show_default="what the model name implies", help="ddpm, ddim or dpm++2m (DPM-Solver++ 2M); score view: "
-                                          "pc, langevin, euler-maruyama, euler, heun, euler-ancestral (docs/score.md)."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="Noise levels of the score-view samplers: karras (rho=7) or geometric."),
+    steps: Optional[int] = typer.Option(None, "--steps", "--num-inference-steps", show_default="the sampler's: ddpm all (1000), ddim/dpm++2m 50, heun 18, pc 500", help="Sampler steps (noise levels)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", show_default="what the model name implies", help="ddpm, ddim, dpm++2m (DPM-Solver++ 2M), euler, heun, "
+                                          "euler-ancestral, euler-maruyama, pc or langevin: every diffusion model takes every sampler (README)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", show_default="the sampler's", help="Noise levels: discrete (the model's own timesteps), karras (rho=7), "
+                                           "exponential (= geometric); any with any sampler (dpm++2m + karras = DPM++ 2M Karras)."),
     snr: Optional[float] = typer.Option(None, "--snr", show_default="0.16", help="pc sampler: signal-to-noise ratio of the Langevin corrector."),
-    eta: Optional[float] = typer.Option(None, "--eta", show_default="0", help="DDIM noise: 0 deterministic, 1 DDPM-like."),
+    eta: Optional[float] = typer.Option(None, "--eta", show_default="0", help="ddim / euler-ancestral noise: 0 deterministic, 1 DDPM-like (euler-ancestral's default)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (text-to-image models: ldm). - reads one prompt per line from stdin."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to steer away from (replaces the unconditional branch of guidance)."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Class to generate (class-conditional models)."),
@@ -29,7 +30,7 @@ def sample_cmd(
     temperature: Optional[float] = typer.Option(None, "--temperature", show_default="1", help="Flow sampling temperature: latents ~ N(0, T^2) (e.g. 0.7)."),
     init: Optional[str] = typer.Option(None, "--init", help="Starting noise: a .safetensors file (N, C, H, W) as encode writes it, or -."),
     image: Optional[str] = typer.Option(None, "--image", help="Edit this image (any Pillow format, - = stdin): img2img with --strength, inpainting with --mask; sr upsamples it."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask for --image: white = generate, black = keep (RePaint)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask for --image: white = generate, black = keep (RePaint; a masked denoiser for euler, heun, dpm++2m)."),
     strength: Optional[float] = typer.Option(None, "--strength", show_default="0.6; 1 with --mask", help="img2img: how far to noise --image, 0 (returns it) .. 1 (ignores it)."),
     resample: Optional[int] = typer.Option(None, "--resample", show_default="5", help="Inpainting: RePaint resamplings per jump (more blends better, costs more)."),
     jump: Optional[int] = typer.Option(None, "--jump", show_default="10", help="Inpainting: RePaint jump length in steps."),

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .sde import get_sigmas
+from .schedules import SIGMA_SCHEDULES
 
 
 def _g(denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -55,7 +55,7 @@ def ode_log_likelihood(denoiser, x: torch.Tensor, steps: int = 32, exact: bool =
 
     ``steps`` Heun steps (2 network calls + 2 backward passes each); ``exact`` uses the exact trace.
     """
-    sigmas = get_sigmas(schedule, steps + 1, denoiser.sigma_min, denoiser.sigma_max)[:-1].flip(0).tolist()
+    sigmas = SIGMA_SCHEDULES[schedule](steps + 1, denoiser.sigma_min, denoiser.sigma_max)[:-1].flip(0).tolist()
     x = x.float()
     v = None
     if not exact:  # Rademacher probes, drawn on the CPU so results do not depend on the device

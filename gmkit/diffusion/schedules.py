@@ -1,4 +1,11 @@
-"""Noise schedules: the betas of the forward process and the timesteps a sampler visits."""
+"""Noise schedules: the betas of the forward process, the timesteps a sampler visits on a
+discrete-time model, and sigma schedules (noise levels) that any sampler can walk.
+
+Sigma schedules return noise levels noisiest first, ending with 0 (the clean image): ``n`` levels
+between ``sigma_min`` and ``sigma_max`` and then 0. The model's own discrete levels (its training
+timesteps, spaced as its scheduler config says) come from ``DiffusionProcess.sigmas``, which calls
+``sampling_timesteps`` / ``solver_timesteps`` here.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +47,9 @@ def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+# -- the training timesteps a discrete-time model's sampler visits ----------------------------------
+
+
 def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "trailing", offset: int = 0) -> list[int]:
     """The training timesteps a sampler visits, from noisiest to cleanest.
 
@@ -47,7 +57,7 @@ def sampling_timesteps(num_train_steps: int, num_steps: int, spacing: str = "tra
     sampling starts from pure noise (Lin et al. 2024 recommend it); ``linspace``: evenly rounded.
     """
     if not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"steps must be between 1 and {num_train_steps}, got {num_steps}")
+        raise ValueError(f"must be between 1 and {num_train_steps} for this model, got {num_steps}")
     T, S = num_train_steps, num_steps
     if spacing == "leading":
         ts = [i * (T // S) + offset for i in range(S)]
@@ -70,5 +80,31 @@ def solver_timesteps(num_train_steps: int, num_steps: int, spacing: str = "linsp
     if spacing == "trailing":
         return sampling_timesteps(num_train_steps, num_steps, spacing, offset)
     if not 1 <= num_steps < num_train_steps:
-        raise ValueError(f"steps must be between 1 and {num_train_steps - 1}, got {num_steps}")
+        raise ValueError(f"must be between 1 and {num_train_steps - 1} for this model, got {num_steps}")
     return sampling_timesteps(num_train_steps, num_steps + 1, spacing, offset)[:-1]
+
+
+# -- sigma schedules: n levels from sigma_max down to sigma_min, then 0 -------------------------------
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """n noise levels from sigma_max to sigma_min, evenly spaced in sigma^(1/rho), then 0
+    (Karras et al. 2022, "Elucidating the Design Space...", eq. 5; rho = 7)."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    s = (hi + ramp * (lo - hi)) ** rho
+    return torch.cat([s, s.new_zeros(1)])
+
+
+def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """n noise levels evenly spaced in log sigma (a geometric progression) from sigma_max to
+    sigma_min, then 0: NCSN's levels (Song & Ermon 2019, sec. 4.2), the VE SDE's own discretisation
+    (Song et al. 2021, eq. 9), and k-diffusion's ``get_sigmas_exponential``."""
+    s = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64))
+    return torch.cat([s, s.new_zeros(1)])
+
+
+# "geometric" (NCSN's word) and "exponential" (k-diffusion's) name the same levels.
+SIGMA_SCHEDULES = {"karras": karras_sigmas, "exponential": exponential_sigmas, "geometric": exponential_sigmas}
+# "discrete": the model's own levels (DiffusionProcess.sigmas); every other name is in SIGMA_SCHEDULES.
+SCHEDULES = ("discrete", *SIGMA_SCHEDULES)

@@ -9,7 +9,7 @@ from .base import Family
 def family_classes() -> dict[str, type[Family]]:
     from .augvae import AugVAE
     from .autoencoder import Autoencoder
-    from .diffusion import Diffusion
+    from .ddpm import DDPM
     from .flow import Flow
     from .gan import GAN
     from .ldm import LDM
@@ -19,7 +19,7 @@ def family_classes() -> dict[str, type[Family]]:
     from .vqvae import VQVAE
     from .vqldm import VQLatentDiffusion
 
-    return {cls.name: cls for cls in (Diffusion, VAE, VQVAE, AugVAE, GAN, Flow, Autoencoder, Score, LDM, VQLatentDiffusion, SR)}
+    return {cls.name: cls for cls in (DDPM, VAE, VQVAE, AugVAE, GAN, Flow, Autoencoder, Score, LDM, VQLatentDiffusion, SR)}
 
 
 def get_family(name: str) -> type[Family]:

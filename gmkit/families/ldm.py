@@ -9,7 +9,8 @@ Three parts, one checkpoint (the text encoder is named, not stored):
                 classifier-free guidance works (Ho & Salimans 2022)
   text encoder  frozen and pretrained (``nn/text.py``); every training caption is encoded once
 
-Sampling runs any diffusion sampler of the ``ddpm`` family in latent space, then decodes.
+The noise process is a ``DiffusionProcess`` (Stable Diffusion's schedule by default); sampling and
+editing run any sampler of ``diffusion/samplers`` in latent space, then decode.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import sampling
+from ..diffusion.sampling import SAMPLING_OPTIONS
+from ..diffusion.process import DiffusionProcess, ProcessConfig
 from ..errors import GmkitError, OptionError
 from ..nn.text import load_text_encoder
-from ..nn.unet import UNetConfig
+from ..nn.unet import UNet, UNetConfig
 from .autoencoder import Autoencoder, AutoencoderConfig
-from .base import DECODE, ENCODE, SAMPLE, STEPS, DataInfo, TrainOption, TrainSetup
-from .diffusion import Diffusion
+from .base import DECODE, ENCODE, SAMPLE, STEPS, DataInfo, Family, SamplingPlan, TrainOption, TrainSetup
 
 # What the training previews (and `gmkit sample ldm` with no prompt file) show.
 PREVIEW_PROMPTS = ["a futuristic cityscape at sunset", "a red apple", "a smiling face", "a rocket",
@@ -41,7 +44,7 @@ def _ldm_unet() -> UNetConfig:
 
 
 @dataclass
-class LDMConfig:
+class LDMConfig(ProcessConfig):
     image_size: int = 32
     in_channels: int = 3
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -50,32 +53,27 @@ class LDMConfig:
     text_encoder: str = "minilm"
     text_max_length: int = 32
     caption_dropout: float = 0.1  # share of captions replaced by "" in training (enables guidance)
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"  # Stable Diffusion's
+    # The process settings (ProcessConfig) with Stable Diffusion's schedule:
+    beta_schedule: str = "scaled_linear"
     beta_start: float = 0.00085
     beta_end: float = 0.012
-    prediction_type: str = "epsilon"
     clip_sample: bool = False  # latents are not bounded to [-1, 1]
-    timestep_spacing: str = "trailing"
-    steps_offset: int = 0
-    solver_spacing: str | None = None  # DPM-Solver++'s timestep spacing where it differs; None: timestep_spacing
-    set_alpha_to_one: bool = True  # DDIM's last step lands on alpha-bar 1 (False: on alpha-bar_0, as SD's schedulers)
-    variance_type: str = "fixed_small"  # DDPM's step variance (samplers.step_variance)
-    class_dropout: float = 0.0  # unused: the prompt is the condition
+    class_dropout: float = 0.0  # unused (the prompt is the condition); older configs name it
 
 
-class LDM(Diffusion):
+class LDM(Family):
     name = "ldm"
     Config = LDMConfig
     capabilities = frozenset({SAMPLE, ENCODE, DECODE, STEPS})
-    # Every option of pixel diffusion (samplers, editing) except --class, plus the prompts.
-    sample_options = (Diffusion.sample_options - {"class_label"}) | {"prompt", "negative_prompt", "height", "width"}
+    # Every option of pixel diffusion (samplers, editing), plus the prompts, guidance and the image size.
+    sample_options = SAMPLING_OPTIONS | {"prompt", "negative_prompt", "guidance", "height", "width"}
     preview_options = {"sampler": "ddim", "steps": 30, "prompt": PREVIEW_PROMPTS, "guidance": 4.0}
     train_defaults = {"lr": 5e-4, "lr_schedule": "cosine", "batch_size": 64, "ema_decay": 0.999, "preview": 8,
                       "warmup": 500}
     default_guidance = 4.0
-    latent_key = "latents"  # the tensor ``decode`` reads from an encoded file
     default_sampler = "ddim"
+    sweep_sampler = "ddim"
+    latent_key = "latents"  # the tensor ``decode`` reads from an encoded file
     class_conditioning = "never"
     train_options = {
         "autoencoder": TrainOption("the first-stage autoencoder (a model source); default: train one into "
@@ -88,10 +86,10 @@ class LDM(Diffusion):
     def fit_config(cls, config: LDMConfig, data: DataInfo, conditional: bool) -> LDMConfig:
         """Image channels and size from the data (the UNet follows the autoencoder in ``__init__``)."""
         if conditional:
-            raise GmkitError("ldm is conditioned on captions, not classes; drop --conditional")
+            raise OptionError("conditional", "does not apply: ldm is conditioned on captions, not classes")
         if not data.captioned:
-            raise GmkitError(f"--data {data.name}: ldm needs captioned data (openmoji, mnist-captions, or a folder "
-                             "with metadata.jsonl)")
+            raise OptionError("data", f"{data.name}: ldm needs captioned data (openmoji, mnist-captions, or a folder "
+                                      "with metadata.jsonl)")
         ae = dataclasses.replace(config.autoencoder, in_channels=data.channels, image_size=data.size)
         return dataclasses.replace(config, image_size=data.size, in_channels=data.channels, autoencoder=ae)
 
@@ -102,6 +100,9 @@ class LDM(Diffusion):
 
         return build_with_first_stage(cls, config, data, setup)
 
+    def sampling_plan(self, sampler: str | None = None, steps: int | None = None) -> SamplingPlan:
+        return SamplingPlan(*sampling.plan_summary(self.process, sampler or self.default_sampler, steps))
+
     def __init__(self, config: LDMConfig):
         ae_cfg = dataclasses.replace(config.autoencoder, in_channels=config.in_channels, image_size=config.image_size)
         first = Autoencoder(ae_cfg)
@@ -111,6 +112,8 @@ class LDM(Diffusion):
                                    cross_attention_dim=config.unet.cross_attention_dim or 384)
         config = dataclasses.replace(config, autoencoder=ae_cfg, unet=unet)
         super().__init__(config)
+        self.process = DiffusionProcess.discrete(config)
+        self.unet = UNet(config.unet)
         self.autoencoder = first.requires_grad_(False)
         self._text = None
         self._text_factory = None  # set by attach_text_encoder: an encoder that came with the model
@@ -183,7 +186,7 @@ class LDM(Diffusion):
     def prepare_training(self, data, device, quiet: bool = False) -> None:
         """Encode every image (autoencoder posterior) and every caption (text encoder) once."""
         if data.captions is None:
-            raise GmkitError(f"--data {data.name}: ldm needs captions")
+            raise OptionError("data", f"{data.name}: ldm needs captions")
         ae = self.autoencoder.eval()
         means, logvars = [], []
         for i in range(0, len(data), 256):
@@ -227,13 +230,8 @@ class LDM(Diffusion):
         cid = cache["ids"][idx, pick]
         cid = torch.where(torch.rand(b, device=device) < self.config.caption_dropout, torch.zeros_like(cid), cid)
         context, mask = cache["states"][cid], cache["masks"][cid]
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=device)
-        eps = torch.randn_like(z0)
-        a = self.alphas_cumprod.to(device, torch.float32)[t].view(b, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        pred = self.unet(zt.contiguous(memory_format=torch.channels_last), t, context=context, context_mask=mask)
-        target = eps if self.config.prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0
-        return {"loss": F.mse_loss(pred.float(), target)}
+        return self.process.loss(lambda z, t: self.unet(z.contiguous(memory_format=torch.channels_last), t,
+                                                       context=context, context_mask=mask), z0)
 
     # -- prompts -----------------------------------------------------------------------------
     def prompt_warnings(self, prompts: list[str]) -> list[str]:
@@ -249,36 +247,43 @@ class LDM(Diffusion):
         states, mask = self.text.encode(prompts)
         return states.to(self.device), mask.to(self.device)
 
-    def conditioned_eps(self, n: int, device, guidance: float | None = None, prompt=None, negative_prompt=None,
-                        class_label=None, **_: Any):
-        """eps(x, t) for a prompt (one, or one per image) with classifier-free guidance.
-
-        The unconditional branch reads the negative prompt, or "" (what caption dropout trained).
-        """
+    def network(self, n: int, guidance: float | None = None, prompt=None, negative_prompt=None,
+                class_label=None, **_: Any):
+        """The UNet as ``net(z_t, c_noise)`` for a prompt (one, or one per image) with classifier-free
+        guidance; the unconditional branch reads the negative prompt, or "" (what caption dropout trained)."""
         if class_label is not None:
-            raise GmkitError("ldm models take --prompt, not --class")
+            raise OptionError("class_label", "{class_label} is not taken by ldm models: they take {prompt}")
         prompts = _per_image(prompt, n)
         negatives = _per_image(negative_prompt, n)
         g = self.default_guidance if guidance is None else guidance
         states, mask = self.prompt_states(prompts + negatives)  # one call: both padded alike
         states = states.to(next(self.unet.parameters()).dtype)
-        return self.guided_eps({"context": states[:n], "context_mask": mask[:n]},
-                               {"context": states[n:], "context_mask": mask[n:]}, g)
+        return sampling.unet_network(self.unet, {"context": states[:n], "context_mask": mask[:n]},
+                                     {"context": states[n:], "context_mask": mask[n:]}, g)
+
+    def denoiser(self, n: int = 1, **options: Any):
+        """The UNet with its prompt conditioning as a denoiser D(z, sigma) on latents."""
+        return self.process.denoiser(self.network(n, **options))
 
     # -- sampling ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def sample(self, noise: list[torch.Generator], prompt=None, negative_prompt=None, **options: Any) -> torch.Tensor:
-        """Images in [-1, 1] for ``prompt`` (a string, or one per image; None or "" = unconditional)."""
-        options.setdefault("sampler", "ddim")
+    def sample(self, noise: list[torch.Generator], sampler: str | None = None, callback=None, **options: Any) -> torch.Tensor:
+        """Images in [-1, 1] for ``prompt`` (a string, or one per image; None or "" = unconditional),
+        ``height`` x ``width`` pixels (default: the trained size; ``shape_for``).
+
+        With ``image``, img2img or inpainting runs on the image's latents; the known pixels of an
+        inpainted image are the input's exactly, not their decoding."""
         image, mask = options.get("image"), options.get("mask")
-        if image is not None:  # img2img / inpainting (diffusion/editing.py) on the image's latents
+        if image is not None:
             image = image.to(self.device, torch.float32)
             if options.get("strength") == 0 and mask is None:
                 return image.expand(len(noise), -1, -1, -1).clone()  # strength 0: the input itself, not its decoding
             options["image"] = self.encode(image)["latents"]
-        z = super().sample(noise, prompt=prompt, negative_prompt=negative_prompt, **options)
+        shape = self.shape_for(options.get("height"), options.get("width"))
+        z = sampling.sample(self.process, self.denoiser(len(noise), **options), noise, shape, self.device,
+                            sampler or self.default_sampler, callback=callback, **options)
         out = self.from_latents(z.to(next(self.autoencoder.parameters()).dtype)).float().clamp(-1, 1)
-        if image is not None and mask is not None:  # the known pixels exactly, not their decoding
+        if image is not None and mask is not None:
             m = mask.to(out.device, out.dtype)
             out = m * out + (1 - m) * image
         return out
@@ -292,7 +297,7 @@ class LDM(Diffusion):
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, **_: Any) -> torch.Tensor:
         shape = self.sample_shape
-        if z.ndim != 4 or tuple(z.shape[1:]) != shape:
+        if z.ndim != 4 or tuple(z.shape[1:]) != tuple(shape):
             raise GmkitError(f"ldm decode: latents of shape {tuple(z.shape)}, this model needs (N, {', '.join(map(str, shape))})")
         if not bool(torch.isfinite(z).all()):
             raise GmkitError("ldm decode: the latents hold NaN or infinite values")

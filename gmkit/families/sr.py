@@ -23,10 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import GmkitError
-from ..nn.unet import UNetConfig
-from .base import SAMPLE, STEPS, DataInfo, TrainOption
-from .diffusion import Diffusion
+from ..diffusion import sampling
+from ..diffusion.process import DiffusionProcess, ProcessConfig
+from ..errors import GmkitError, OptionError
+from ..nn.unet import UNet, UNetConfig
+from .base import SAMPLE, STEPS, DataInfo, Family, SamplingPlan, TrainOption
 
 UPSAMPLERS = ("bicubic", "nearest")
 
@@ -38,7 +39,7 @@ def _sr_unet() -> UNetConfig:
 
 
 @dataclass
-class SRConfig:
+class SRConfig(ProcessConfig):
     scale: int = 4  # upsampling factor per side
     image_size: int = 32  # training images (high resolution)
     in_channels: int = 3
@@ -46,31 +47,23 @@ class SRConfig:
     upsample: str = "bicubic"  # how the low-res image reaches the output size: bicubic | nearest
     residual: bool = True  # diffuse high - upsampled(low) (SRDiff); False: the image itself (SR3)
     unet: UNetConfig = field(default_factory=_sr_unet)
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: str = "epsilon"
-    clip_sample: bool = True
-    timestep_spacing: str = "trailing"
-    steps_offset: int = 0
-    class_dropout: float = 0.0  # unused: the low-res image is the condition
+    class_dropout: float = 0.0  # unused (the low-res image is the condition); older configs name it
     data_license: str = ""
 
 def check_config(cfg: SRConfig) -> None:
     if not isinstance(cfg.scale, int) or cfg.scale < 2:
-        raise GmkitError(f"--scale must be an integer >= 2 (2 or 4 are usual), got {cfg.scale}")
+        raise OptionError("scale", f"must be an integer >= 2 (2 or 4 are usual), got {cfg.scale}")
     if cfg.upsample not in UPSAMPLERS:
         raise GmkitError(f"sr upsample must be {' or '.join(UPSAMPLERS)}, got {cfg.upsample!r}")
     if cfg.prediction_type != "epsilon":
         raise GmkitError("sr models predict epsilon (prediction_type=epsilon)")
     size = cfg.patch_size or cfg.image_size
     if size > cfg.image_size:
-        raise GmkitError(f"patch_size {cfg.patch_size} is larger than the images ({cfg.image_size}); lower it or raise --image-size")
+        raise GmkitError(f"patch_size {cfg.patch_size} is larger than the images ({cfg.image_size}); lower it or raise the image size")
     stride = cfg.scale * 2 ** (len(cfg.unet.block_out_channels) - 1)
     if size % cfg.scale or size % stride:
         raise GmkitError(f"sr trains on {size}x{size} {'crops' if cfg.patch_size else 'images'}, which must be a multiple "
-                         f"of {stride} (the scale {cfg.scale} times the UNet's stride); change --image-size or patch_size")
+                         f"of {stride} (the scale {cfg.scale} times the UNet's stride); change the image size or patch_size")
 
 
 def degrade(high: torch.Tensor, scale: int) -> torch.Tensor:
@@ -99,7 +92,7 @@ def random_crops(x: torch.Tensor, size: int, multiple: int, generator: torch.Gen
     return torch.stack([x[i, :, y:y + size, x_:x_ + size] for i, (y, x_) in enumerate(zip(ys.tolist(), xs.tolist()))])
 
 
-class SR(Diffusion):
+class SR(Family):
     name = "sr"
     Config = SRConfig
     capabilities = frozenset({SAMPLE, STEPS})
@@ -107,6 +100,7 @@ class SR(Diffusion):
     preview_options = {"sampler": "ddim", "steps": 20}
     train_defaults = {"lr": 5e-4, "batch_size": 32, "ema_decay": 0.999, "preview": 8}
     default_sampler = "ddim"
+    sweep_sampler = "ddim"
     class_conditioning = "never"
     train_options = {"scale": TrainOption("upsampling factor per side, e.g. 2 or 4", int, minimum=2, config_key="scale",
                                           applies_to="super-resolution models (sr)")}
@@ -115,10 +109,13 @@ class SR(Diffusion):
     def fit_config(cls, config: SRConfig, data: DataInfo, conditional: bool) -> SRConfig:
         """Channels and training size from the data; the UNet follows in ``__init__``."""
         if conditional:
-            raise GmkitError("sr is conditioned on the low-resolution image, not on classes; drop --conditional")
+            raise OptionError("conditional", "does not apply: sr is conditioned on the low-resolution image, not on classes")
         config = dataclasses.replace(config, image_size=data.size, in_channels=data.channels)
         check_config(config)
         return config
+
+    def sampling_plan(self, sampler: str | None = None, steps: int | None = None) -> SamplingPlan:
+        return SamplingPlan(*sampling.plan_summary(self.process, sampler or self.default_sampler, steps))
 
     def __init__(self, config: SRConfig):
         check_config(config)
@@ -127,8 +124,9 @@ class SR(Diffusion):
                                    sample_size=config.patch_size or config.image_size, num_classes=0)
         config = dataclasses.replace(config, unet=unet)
         super().__init__(config)
-        self._out_shape: tuple[int, int, int] | None = None
-        self._preview_low: torch.Tensor | None = None
+        self.process = DiffusionProcess.discrete(config)
+        self.unet = UNet(config.unet)
+        self._preview_low: torch.Tensor | None = None  # training previews upsample these
 
     @property
     def image_shape(self):
@@ -137,8 +135,8 @@ class SR(Diffusion):
 
     @property
     def sample_shape(self):
-        """The output being sampled: set from the low-resolution image for the call in progress."""
-        return self._out_shape or self.image_shape
+        """What the sampler denoises at the training size (any size that fits the UNet samples too)."""
+        return self.image_shape
 
     @property
     def stride(self) -> int:
@@ -174,65 +172,52 @@ class SR(Diffusion):
         if self.config.patch_size:
             high = random_crops(high, self.config.patch_size, self.config.scale)
         x0, up = self.pair(high)
-        b = x0.shape[0]
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), device=x0.device)
-        eps = torch.randn_like(x0)
-        a = self.alphas_cumprod.to(x0.device, torch.float32)[t].view(b, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # q(x_t | x_0), Ho et al. 2020 eq. 4
-        pred = self.unet(torch.cat([xt, up], 1).contiguous(memory_format=torch.channels_last), t)
-        return {"loss": F.mse_loss(pred.float(), eps)}
+        channels_last = torch.channels_last
+        return self.process.loss(lambda x, t: self.unet(torch.cat([x, up], 1).contiguous(memory_format=channels_last), t), x0)
 
     # -- sampling -----------------------------------------------------------------------------
-    def conditioned_eps(self, n: int, device, class_label=None, guidance=None, condition=None, **_: Any):
-        """eps(x, t) with the upsampled low-resolution image concatenated to x (SR3, section 2.4)."""
-        if class_label is not None or guidance is not None:
-            raise GmkitError("sr models are conditioned on --image only (no --class or --guidance)")
+    def network(self, n: int, condition: torch.Tensor | None = None, class_label=None, guidance=None, **_: Any):
+        """The UNet as ``net(x_t, c_noise)`` with the upsampled low-resolution image concatenated to x
+        (SR3, section 2.4)."""
+        for name, v in (("class_label", class_label), ("guidance", guidance)):
+            if v is not None:
+                raise OptionError(name, "is not taken by sr models: they are conditioned on the image alone")
         if condition is None:
-            raise GmkitError("sr models upsample an image: give --image small.png")
-        dtype = next(self.unet.parameters()).dtype
+            raise OptionError("image", "is needed: sr models upsample an image (e.g. small.png)")
+        return sampling.unet_network(self.unet, concat=condition)
 
-        def eps(x: torch.Tensor, t) -> torch.Tensor:
-            if torch.is_tensor(t):  # fractional timesteps, one per sample (the score-SDE adapter)
-                t_vec = t.to(x.device, torch.float32)
-            else:
-                t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            c = condition if condition.shape[0] == x.shape[0] else condition.repeat(x.shape[0] // condition.shape[0], 1, 1, 1)
-            h = torch.cat([x, c.to(x.dtype)], 1).to(dtype).contiguous(memory_format=torch.channels_last)
-            return self.unet(h, t_vec).float()
-
-        return eps
+    def denoiser(self, n: int = 1, **options: Any):
+        return self.process.denoiser(self.network(n, **options))
 
     @torch.inference_mode()
-    def sample(self, noise: list[torch.Generator], image: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+    def sample(self, noise: list[torch.Generator], image: torch.Tensor | None = None, sampler: str | None = None,
+               callback=None, **options: Any) -> torch.Tensor:
         """``scale`` times larger images of ``image`` (N or 1, C, h, w) in [-1, 1], one per generator."""
-        for key in ("mask", "strength"):
+        for key in ("mask", "strength", "resample", "jump", "init"):
             if options.pop(key, None) is not None:
-                raise GmkitError(f"sr models do not take --{key}")
+                raise OptionError(key, "is not taken by sr models: they upsample the whole image")
         if image is None:
             if self._preview_low is None:
-                raise GmkitError("sr models upsample an image: give --image small.png")
+                raise OptionError("image", "is needed: sr models upsample an image (e.g. small.png)")
             image = self._preview_low[torch.arange(len(noise)) % len(self._preview_low)]
         n = len(noise)
         low = image.to(self.device, torch.float32)
         if low.shape[0] not in (1, n):
-            raise GmkitError(f"sr: {low.shape[0]} images for {n} samples")
+            raise OptionError("image", f"holds {low.shape[0]} images for {n} samples")
         if low.shape[1] != self.config.in_channels:
-            raise GmkitError(f"sr: the image has {low.shape[1]} channels, this model takes {self.config.in_channels}")
+            raise OptionError("image", f"has {low.shape[1]} channels, this model takes {self.config.in_channels}")
         h, w = low.shape[-2:]
         if (h, w) != self.low_res_size(h, w):
-            raise GmkitError(f"sr: a {w}x{h} image cannot be upsampled by this model; its sides must be multiples of "
-                             f"{self.low_res_size(1, 1)[0]}")
+            raise OptionError("image", f"of {w}x{h} cannot be upsampled by this model; its sides must be multiples of "
+                                       f"{self.low_res_size(1, 1)[0]}")
         up = upsample(low, self.config.scale, self.config.upsample).expand(n, -1, -1, -1)
-        options.setdefault("sampler", "ddim")
-        self._out_shape = tuple(up.shape[1:])
-        try:
-            x0 = super().sample(noise, condition=up, **options)
-        finally:
-            self._out_shape = None
+        den = self.denoiser(n, condition=up, **options)
+        x0 = sampling.sample(self.process, den, noise, tuple(up.shape[1:]), self.device, sampler or self.default_sampler,
+                             callback=callback, **options)
         return ((x0 + up) if self.config.residual else x0).clamp(-1, 1)
 
     def encode(self, x: torch.Tensor, **_: Any):
-        raise GmkitError("sr has no encoder (it upsamples: gmkit sample sr --image small.png)")
+        raise GmkitError("sr has no encoder (it upsamples: sample it with an image)")
 
     def bits_per_dim(self, *_, **__):
         raise GmkitError("sr models have no likelihood here (they are conditional)")

@@ -1,8 +1,8 @@
 """Unconditional latent diffusion on a VQ autoencoder's latent (Rombach et al. 2022), as CompVis
 published it for CelebA-HQ, LSUN and others (diffusers' ``LDMPipeline``: ``VQModel`` + ``UNet2DModel``).
 
-The diffusion part is the ``ddpm`` family's, run on latents; sampling ends by dividing by the
-latent scale, quantizing to the codebook and decoding. Models of this family come from public
+The diffusion part is a ``DiffusionProcess`` with any sampler, run on latents; sampling ends by
+dividing by the latent scale, quantizing to the codebook and decoding. Models of this family come from public
 checkpoints (``gmkit sample CompVis/ldm-celebahq-256``); gmkit does not train them.
 """
 
@@ -13,27 +13,34 @@ from typing import Any
 
 import torch
 
+from ..diffusion import sampling
+from ..diffusion.process import DiffusionProcess, ProcessConfig
 from ..errors import GmkitError
 from ..nn.autoencoder_vq import VQModel, VQModelConfig
-from .base import DECODE, SAMPLE, STEPS
-from .diffusion import Diffusion, DiffusionConfig
+from ..nn.unet import UNet, UNetConfig
+from .base import DECODE, SAMPLE, STEPS, Family, SamplingPlan
 
 
 @dataclass
-class VQLatentDiffusionConfig(DiffusionConfig):
+class VQLatentDiffusionConfig(ProcessConfig):
+    unet: UNetConfig = field(default_factory=UNetConfig)
     vq: VQModelConfig = field(default_factory=VQModelConfig)
     scaling_factor: float = 1.0  # latents are divided by this before decoding
 
 
-class VQLatentDiffusion(Diffusion):
+class VQLatentDiffusion(Family):
     name = "vqldm"
     Config = VQLatentDiffusionConfig
     capabilities = frozenset({SAMPLE, STEPS, DECODE})
-    sample_options = frozenset({"sampler", "steps", "eta", "init"})
+    sample_options = frozenset({"sampler", "steps", "eta", "init", "schedule", "snr"})
     preview_options = {"sampler": "ddim", "steps": 50}
+    default_sampler = "ddpm"
+    sweep_sampler = "ddim"
 
     def __init__(self, config: VQLatentDiffusionConfig):
         super().__init__(config)
+        self.process = DiffusionProcess.discrete(config)
+        self.unet = UNet(config.unet)
         self.vqvae = VQModel(config.vq)
 
     @property
@@ -46,12 +53,20 @@ class VQLatentDiffusion(Diffusion):
         s = self.config.unet.sample_size * self.vqvae.factor
         return (self.config.vq.out_channels, s, s)
 
+    def sampling_plan(self, sampler: str | None = None, steps: int | None = None) -> SamplingPlan:
+        return SamplingPlan(*sampling.plan_summary(self.process, sampler or self.default_sampler, steps))
+
     def forward(self, batch):
         raise GmkitError("vqldm models come from public checkpoints; gmkit does not train them")
 
+    def denoiser(self, n: int = 1, **_: Any):
+        return self.process.denoiser(sampling.unet_network(self.unet))
+
     @torch.inference_mode()
-    def sample(self, noise: list[torch.Generator], **options: Any) -> torch.Tensor:
-        return self.decode(super().sample(noise, **options))
+    def sample(self, noise: list[torch.Generator], sampler: str | None = None, callback=None, **options: Any) -> torch.Tensor:
+        z = sampling.sample(self.process, self.denoiser(), noise, self.sample_shape, self.device,
+                            sampler or self.default_sampler, callback=callback, **options)
+        return self.decode(z)
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor, **_: Any) -> torch.Tensor:

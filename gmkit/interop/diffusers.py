@@ -23,7 +23,7 @@ from typing import Callable
 from ..checkpoint import LazyState
 from ..errors import GmkitError
 from ..families.autoencoder import AutoencoderConfig
-from ..families.diffusion import Diffusion, DiffusionConfig
+from ..families.ddpm import DDPM, DDPMConfig
 from ..families.ldm import LDM, LDMConfig
 from ..families.vqldm import VQLatentDiffusion, VQLatentDiffusionConfig
 from ..resolved import Resolved
@@ -147,8 +147,8 @@ def resolve_pipeline(files: RepoFiles, allow_pickle: bool = False, prefer_half: 
     _check_variance(unet_cfg, settings["variance_type"], label)
     state = lay.state("unet", allow_pickle, "unet.")
     if pipeline in ("DDPMPipeline", "DDIMPipeline"):
-        config = DiffusionConfig(unet=unet_cfg, **settings)
-        return Resolved(label, Path(lay.root), Diffusion, config, state, {**meta, "gmkit.family": Diffusion.name},
+        config = DDPMConfig(unet=unet_cfg, **settings)
+        return Resolved(label, Path(lay.root), DDPM, config, state, {**meta, "gmkit.family": DDPM.name},
                         defaults, files=files_used)
     if pipeline == "LDMPipeline":
         vq_cfg, scale = vqmodel_config(lay.config("vqvae"), label)

@@ -221,7 +221,7 @@ def unet2d_config(cfg: dict, label: str):
 
 
 def scheduler_settings(cls: str, cfg: dict, label: str) -> tuple[dict, dict]:
-    """A scheduler config -> (DiffusionConfig fields, sample defaults: which gmkit sampler and steps)."""
+    """A scheduler config -> (ProcessConfig fields, sample defaults: which gmkit sampler and steps)."""
     where = f"{label} scheduler ({cls})"
     if cls not in SCHEDULER_DEFAULTS:
         raise GmkitError(f"{where}: unknown scheduler class (known: {', '.join(SCHEDULER_DEFAULTS)})")
