@@ -50,8 +50,9 @@ def unet_network(unet: torch.nn.Module, cond: dict | None = None, uncond: dict |
 def plan(process: DiffusionProcess, sampler: str, steps: int | None = None, schedule: str | None = None,
          eta: float | None = None, snr: float | None = None, inpainting: bool = False) -> tuple[Sampler, torch.Tensor, dict]:
     """The sampler, its levels and its keyword arguments, the options checked."""
-    if sampler not in SAMPLERS:
-        raise OptionError("sampler", f"{sampler!r} is unknown (known: {', '.join(SAMPLERS)})")
+    if steps is not None and steps < 1:
+        raise OptionError("steps", f"must be >= 1, got {steps}")
+    _, steps, _ = plan_summary(process, sampler, steps, inpainting)
     info = SAMPLERS[sampler]
     for name, value in (("eta", eta), ("snr", snr)):
         if value is not None and name not in info.params:
@@ -63,11 +64,6 @@ def plan(process: DiffusionProcess, sampler: str, steps: int | None = None, sche
         raise OptionError("snr", f"must be > 0, got {snr}")
     if schedule is not None and schedule not in SCHEDULES:
         raise OptionError("schedule", f"must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-    if steps is not None and steps < 1:
-        raise OptionError("steps", f"must be >= 1, got {steps}")
-    if steps is None:
-        steps = default_steps(sampler, process.levels.num_levels)
-        steps = min(steps, INPAINT_STEPS) if inpainting and info.inpaint == "repaint" else steps
     try:
         sigmas = process.sigmas(schedule or info.default_schedule, steps, info.solver_timesteps, info.set_alpha_to_one)
     except ValueError as e:
@@ -80,12 +76,17 @@ def plan(process: DiffusionProcess, sampler: str, steps: int | None = None, sche
     return info, sigmas, kwargs
 
 
-def plan_summary(process: DiffusionProcess, sampler: str, steps: int | None = None) -> tuple[str, int, int]:
-    """(sampler, steps, network calls per image) that a run with these options makes."""
+def plan_summary(process: DiffusionProcess, sampler: str, steps: int | None = None,
+                 inpainting: bool = False) -> tuple[str, int, int]:
+    """(sampler, steps, network calls per image) that a run with these options makes; the default
+    steps are the sampler's (capped at RePaint's 250 when it inpaints that way)."""
     if sampler not in SAMPLERS:
         raise OptionError("sampler", f"{sampler!r} is unknown (known: {', '.join(SAMPLERS)})")
-    steps = steps or default_steps(sampler, process.levels.num_levels)
-    return sampler, steps, SAMPLERS[sampler].calls(steps)
+    info = SAMPLERS[sampler]
+    if not steps:
+        steps = default_steps(sampler, process.levels.num_levels)
+        steps = min(steps, INPAINT_STEPS) if inpainting and info.inpaint == "repaint" else steps
+    return sampler, steps, info.calls(steps)
 
 
 def sample(process: DiffusionProcess, denoiser: Denoiser, noise: list[torch.Generator], shape: tuple[int, ...],
