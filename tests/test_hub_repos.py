@@ -170,6 +170,30 @@ def test_sd15_layout_reads_the_fp16_variant_for_half_dtypes(hub):
     assert next(bf16.unet.parameters()).dtype == torch.bfloat16
 
 
+def test_sd_pipeline_samples_dpmpp_2m_karras_at_any_size(hub, tmp_path):
+    """Any sampler with any schedule on a Stable Diffusion repo: "DPM++ 2M Karras" visits Karras et al.'s
+    levels between the model's own sigma_min and sigma_max, also with --height/--width."""
+    from gmkit.diffusion.schedules import karras_sigmas
+
+    net, _ = load(SD15)
+    kw = dict(prompt="a red apple", sampler="dpm++2m", steps=4)
+    seen = []
+    karras = net.sample(gens(), schedule="karras", callback=lambda i, s, x: seen.append(s), **kw)
+    p = net.process
+    assert torch.allclose(torch.tensor(seen, dtype=torch.float64), karras_sigmas(4, p.sigma_min, p.sigma_max)[:-1].double())
+    assert karras.shape == (2, 3, 16, 16) and bool(torch.isfinite(karras).all())
+    assert torch.equal(karras, net.sample(gens(), schedule="karras", **kw))  # deterministic
+    assert rel_err(karras, net.sample(gens(), **kw)) > 1e-3  # not the model's own (discrete) levels
+    out = tmp_path / "k.png"
+    r = run_cli("sample", SD15, "--prompt", "a red apple", "--sampler", "dpm++2m", "--schedule", "karras", "--steps", "3",
+                "-n", "1", "--height", "24", "--width", "32", "--out", str(out), "--json")
+    assert r.code == 0, r.err
+    assert {k: json.loads(r.out)[k] for k in ("sampler", "schedule")} == {"sampler": "dpm++2m", "schedule": "karras"}
+    from PIL import Image
+
+    assert Image.open(out).size == (32, 24)
+
+
 # -- sharded weights --------------------------------------------------------------------------------
 
 def test_sharded_unet_loads_from_its_index(hub):
