@@ -30,14 +30,15 @@ from gmkit.registry import load
 def vae_numbers(source: str, test, samples: int) -> dict:
     net, _ = load(source)
     labels = test.labels if net.config.num_classes else None
-    return {"source": source, **net.bits_per_dim(test.images, labels, samples=samples)}
+    return {"source": source, **net.bits_per_dim(test.images(), labels, samples=samples)}
 
 
 def vqvae_numbers(source: str, test, n_prior: int) -> dict:
     net, _ = load(source)
     with torch.inference_mode():
-        recon, codes = net.reconstruct(test.images)
-        mse = float((recon - test.images).pow(2).mean())
+        x = test.images()
+        recon, codes = net.reconstruct(x)
+        mse = float((recon - x).pow(2).mean())
         k = net.config.num_codes
         counts = torch.bincount(codes.flatten(), minlength=k).double()
         p = counts / counts.sum()
@@ -66,12 +67,12 @@ def train_classifier(train, test, epochs: int = 6, seed: int = 0) -> tuple[nn.Mo
     torch.manual_seed(seed)
     net = DigitNet()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    n = len(train)
+    n, images = len(train), train.images()
     for _ in range(epochs):
         perm = torch.randperm(n)
         for s in range(0, n - 63, 64):
             idx = perm[s:s + 64]
-            x = train.images[idx]
+            x = images[idx]
             dx, dy = torch.randint(-2, 3, (2,)).tolist()
             x = torch.roll(x, (dx, dy), (2, 3))
             loss = F.cross_entropy(net(x), train.labels[idx])
@@ -80,7 +81,7 @@ def train_classifier(train, test, epochs: int = 6, seed: int = 0) -> tuple[nn.Mo
             opt.step()
     net.eval()
     with torch.inference_mode():
-        acc = float((net(test.images).argmax(1) == test.labels).float().mean())
+        acc = float((net(test.images()).argmax(1) == test.labels).float().mean())
     return net, acc
 
 
@@ -92,7 +93,7 @@ def augvae_numbers(source: str, classifier, per_class: int, test, samples: int) 
             gens = [torch.Generator().manual_seed(i) for i in range(per_class)]
             x = net.sample(gens, class_label=k)
             per[k] = float((classifier(x).argmax(1) == k).float().mean())
-    bpd = net.bits_per_dim(test.images, test.labels, samples=samples)
+    bpd = net.bits_per_dim(test.images(), test.labels, samples=samples)
     return {"source": source, "class_match": sum(per.values()) / len(per), "per_class": per,
             "samples_per_class": per_class, "heldout_elbo_bpd": bpd["elbo_bpd"], "heldout_iwae_bpd": bpd["iwae_bpd"]}
 

@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     net, _ = load(args.model)
     c, h, w = net.image_shape
-    data = load_data(args.data, image_size=h, channels=c).images
+    data = load_data(args.data, image_size=h, channels=c).images()
     x = data[::max(1, len(data) // args.n)][:args.n]  # spread over the set (MNIST's split is sorted by digit)
     n = len(x)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(n)]  # noqa: E731

@@ -44,8 +44,8 @@ def main() -> None:
     net, _ = load(args.model)
     scorer = load_scorer()
     text = net.text
-    real = adherence(scorer, text, data.images[picked], prompts)
-    shuffled = adherence(scorer, text, data.images[picked], prompts[1:] + prompts[:1])
+    real = adherence(scorer, text, data.images()[picked], prompts)
+    shuffled = adherence(scorer, text, data.images()[picked], prompts[1:] + prompts[:1])
     report = {"model": args.model, "steps": args.steps, "prompts": args.prompts, "metric": "TIS (OpenMoji), not CLIP",
               "real_renders": real, "mismatched_pairs": shuffled, "by_guidance": []}
     for g in [float(v) for v in args.guidance.split(",")]:

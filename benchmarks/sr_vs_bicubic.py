@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     net, _ = load(args.model)
     scale = net.config.scale
-    high = load_data(args.data, image_size=args.image_size).images[:args.n]
+    high = load_data(args.data, image_size=args.image_size).images(args.n)
     low = degrade(high, scale)
     t0 = time.perf_counter()
     outs = []

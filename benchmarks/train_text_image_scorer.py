@@ -65,14 +65,14 @@ def main() -> None:
     print(f"encoded {emb.shape[0] * emb.shape[1]} captions in {time.time() - t0:.1f} s", file=sys.stderr)
     model = TextImageScorer()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    n = len(train)
+    n, images = len(train), train.images()
     for step in range(args.steps):
         lr = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + torch.cos(torch.tensor(step / args.steps * 3.14159)).item())
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randperm(n, generator=g)[:args.batch_size]
         variant = torch.randint(0, emb.shape[1], (len(idx),), generator=g)
-        loss = model.loss(augment(train.images[idx], g), emb[idx, variant])
+        loss = model.loss(augment(images[idx], g), emb[idx, variant])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -82,7 +82,7 @@ def main() -> None:
     report = {}
     for name, data in (("train", train), ("held_out", test)):
         prompts = [c[0] for c in data.captions]
-        report[name] = adherence(model, enc, data.images, prompts)
+        report[name] = adherence(model, enc, data.images(), prompts)
     report["steps"] = args.steps
     report["seconds"] = round(time.time() - t0, 1)
     save_model(Path(args.out), "tis", {"dim": 256, "text_encoder": "minilm"}, model.state_dict(),

@@ -29,6 +29,7 @@ class TrainConfig:
     preview: int = 16  # images in each checkpoint's sample grid (0 = none)
     save_dtype: str = "fp32"  # fp32 | fp16 | bf16 for model.safetensors
     amp: bool = True  # bf16 autocast on CUDA
+    grad_accum: int = 1  # micro-batches per step: batch_size is the effective batch, activations are of one micro-batch
 
 
 def to_dict(cfg) -> dict:

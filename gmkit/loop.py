@@ -6,8 +6,9 @@ Run folder written (rank 0 only):
     log.jsonl                one JSON line per logged step
     samples/step_XXXXXXX.png a preview grid at each checkpoint
 
-Exactness: the data order of epoch e is a permutation drawn from ``seed + e`` and the noise RNG
-is saved, so a run stopped at step k and resumed matches an uninterrupted run (on CPU).
+Exactness: the data order of epoch e is a permutation drawn from ``seed + e`` (streams: each
+substream's position is saved) and the noise RNG is saved, so a run stopped at step k and resumed
+matches an uninterrupted run (on CPU).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import torch.distributed as dist
 from . import __version__
 from .checkpoint import load_tensors, save_model, save_tensors
 from .config import TrainConfig, from_dict, to_dict
-from .data import ImageData
+from .data.dataset import ImageData
+from .data.loader import StreamPositions, augment_params, default_workers, make_loader, to_device
 from .errors import GmkitError, StopTraining
 from .families import Family
 from .progress import Progress, note
+from .tracking import make_tracker
 
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -43,17 +46,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         p = min((step - cfg.warmup) / length, 1.0)
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
     return cfg.lr
-
-
-def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
-    """The data indices of global batch ``step``: epochs are fresh permutations, last partial batch dropped."""
-    per_epoch = max(n // batch, 1)
-    epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g)
-    if batch > n:  # tiny data sets: repeat the permutation to fill a batch
-        perm = perm.repeat(math.ceil(batch / n))
-    return perm[pos * batch:(pos + 1) * batch]
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -118,17 +110,23 @@ def _load_optim(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_run(out: Path, model: Family, ema: EMA, opts: dict, step: int, tcfg: TrainConfig, recipe: dict) -> None:
+def save_run(out: Path, model: Family, ema: EMA, opts: dict, step: int, tcfg: TrainConfig, recipe: dict,
+             data_state: dict | None = None, rank_rngs: list | None = None) -> None:
     family_cfg = to_dict(model.config)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"ema.{k}": v for k, v in ema.shadow.items()})
     meta = {"gmkit.family": model.name, "gmkit.config": json.dumps(family_cfg), "gmkit.version": __version__,
             "gmkit.train": json.dumps(to_dict(tcfg)), "gmkit.step": str(step), "gmkit.recipe": json.dumps(recipe)}
+    if data_state is not None:
+        meta["gmkit.data_state"] = json.dumps(data_state)
     for name, opt in opts.items():
         t, m = _optim_tensors(name, opt)
         tensors.update(t)
         meta.update(m)
     tensors["rng.torch"] = torch.get_rng_state()
+    for r, state in enumerate(rank_rngs or []):
+        if r > 0:  # DDP: every rank draws its own noise (rank 0's is rng.torch)
+            tensors[f"rng.torch.{r}"] = state
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     # Model first, then state: a crash between the two leaves a usable model and the older state.
@@ -161,13 +159,21 @@ def write_preview(model: Family, state: dict[str, torch.Tensor], path: Path, n: 
 
 
 def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: torch.device,
-          recipe: dict, resume_state: tuple[dict, dict] | None = None, quiet: bool = False) -> dict:
-    """Train ``model`` on ``data`` to ``tcfg.steps``; returns a summary. Rank 0 alone writes files."""
+          recipe: dict, resume_state: tuple[dict, dict] | None = None, quiet: bool = False,
+          workers: int | None = None, log_with: str | None = None) -> dict:
+    """Train ``model`` on ``data`` to ``tcfg.steps``; returns a summary. Rank 0 alone writes files.
+
+    ``workers``: DataLoader worker processes (None: ``default_workers``); ``log_with``: an experiment
+    tracker beside log.jsonl (tensorboard, wandb, trackio)."""
     rank, _, world = dist_info()
     setup_distributed(device)
     if tcfg.batch_size % world:
         raise GmkitError(f"--batch-size {tcfg.batch_size} does not split evenly over {world} processes")
     local_batch = tcfg.batch_size // world
+    if tcfg.grad_accum < 1 or local_batch % tcfg.grad_accum:
+        raise GmkitError(f"grad_accum {tcfg.grad_accum} must divide the per-process batch {local_batch}")
+    if tcfg.grad_accum > 1 and not model.grad_accum_ok:
+        raise GmkitError(f"{model.name} cannot accumulate gradients over micro-batches; use grad_accum 1")
 
     # channels_last: about 10% faster convolutions on CPU and GPU, same numbers.
     model.to(device, memory_format=torch.channels_last).train()
@@ -183,7 +189,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
         for name, opt in opts.items():
             _load_optim(name, opt, tensors, meta)
         step = int(meta["gmkit.step"])
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(tensors.get(f"rng.torch.{rank}", tensors["rng.torch"]))
         if "rng.cuda" in tensors and device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"])
     else:
@@ -195,11 +201,13 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
 
         wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    images = data.images
-    labels = data.labels
-    n = len(data)
-    if n == 0:
+    if not data.streamed and len(data) == 0:
         raise GmkitError("the training data is empty")
+    workers = default_workers(data, device) if workers is None else workers
+    stream = StreamPositions(data, resume_state[1] if resume_state else None, max(workers, 1), world)
+    loader = iter(make_loader(data, tcfg.batch_size, tcfg.seed, step, rank, world, workers, device.type == "cuda",
+                              stream.positions))
+    data_wait = 0.0  # seconds the loop waited for batches since the last log line
     use_amp = tcfg.amp and device.type == "cuda"
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "log.jsonl", "a") if rank == 0 else None
@@ -208,12 +216,21 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
     summary: dict = {}
     info = ""
 
+    tracker = make_tracker(log_with, out, {"train": to_dict(tcfg), "recipe": recipe}) if rank == 0 and log_with else None
+
     def checkpoint():
+        data_state = stream.gathered()  # collectives under DDP: every rank calls checkpoint()
+        rngs: list = [torch.get_rng_state()] * world
+        if world > 1:
+            dist.all_gather_object(rngs, torch.get_rng_state())
         if rank != 0:
             return
-        save_run(out, model, ema, opts, step, tcfg, recipe)
+        save_run(out, model, ema, opts, step, tcfg, recipe, data_state, rngs)
         if tcfg.preview:
-            write_preview(model, ema.shadow, out / "samples" / f"step_{step:07d}.png", tcfg.preview)
+            grid = out / "samples" / f"step_{step:07d}.png"
+            write_preview(model, ema.shadow, grid, tcfg.preview)
+            if tracker is not None:
+                tracker.log_image(step, "samples", grid)
 
     # The bar lives on stderr (stdout stays clean for --json): Rich on a terminal, a line every few
     # seconds otherwise, nothing when quiet or on other ranks.
@@ -223,16 +240,17 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # treat SIGTERM like Ctrl-C: save, then exit
     try:
         while step < tcfg.steps:
-            idx = batch_indices(n, tcfg.batch_size, tcfg.seed, step)[rank * local_batch:(rank + 1) * local_batch]
-            batch = {"image": images[idx].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last),
-                     "index": idx}
-            if labels is not None:
-                batch["label"] = labels[idx].to(device)
+            t_wait = time.perf_counter()
+            raw = next(loader)
+            data_wait += time.perf_counter() - t_wait
+            stream_state = raw.get("stream_state")
+            batch = to_device(raw, data, device, augment_params(data, tcfg.batch_size, tcfg.seed, step, rank, world))
             for opt in opts.values():
                 for g in opt.param_groups:
                     g["lr"] = lr_at(tcfg, step)
+            extra = {"accum": tcfg.grad_accum} if tcfg.grad_accum > 1 else {}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                stats = model.train_step(wrapped, batch, opts, step, tcfg.grad_clip)
+                stats = model.train_step(wrapped, batch, opts, step, tcfg.grad_clip, **extra)
             loss = stats["loss"]
             bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0)
             if world > 1:
@@ -242,14 +260,18 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
                                  f"in {out} is kept. Try a lower --lr or --set grad_clip=0.5")
             ema.update(model, step)
             step += 1
+            stream.consumed(stream_state)  # only now: a checkpoint resumes after this batch
             if rank == 0 and (step % tcfg.log_every == 0 or step == tcfg.steps):
                 now = time.perf_counter()
                 its = (step - last_step) / max(now - t_last, 1e-9)
-                t_last, last_step = now, step
+                wait_share = data_wait / max(now - t_last, 1e-9)
+                t_last, last_step, data_wait = now, step, 0.0
                 record = {"step": step, **{k: round(v, 6) for k, v in stats.items()}, "lr": lr_at(tcfg, step - 1),
-                          "it_s": round(its, 3), "time": round(now - t_start, 2)}
+                          "it_s": round(its, 3), "data_wait": round(wait_share, 4), "time": round(now - t_start, 2)}
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
+                if tracker is not None:
+                    tracker.log(step, record)
                 info = f"loss {stats['loss']:.4f}  {its:.2f} it/s"
             progress.update(step, info)
             if step % tcfg.checkpoint_every == 0 and step < tcfg.steps:
@@ -267,6 +289,9 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
             log_file.close()
     if step > start_step or not (out / "model.safetensors").exists():
         checkpoint()
+    if tracker is not None:
+        tracker.close()
+    del loader  # stop the loader's workers before the process group goes
     if world > 1:
         dist.barrier()
     elapsed = time.perf_counter() - t_start
@@ -278,7 +303,9 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
         agree = all(d == digest for d in digests)
     summary = {"out": str(out), "step": step, "steps_this_run": step - start_step, "seconds": round(elapsed, 2),
                "it_s": round((step - start_step) / max(elapsed, 1e-9), 3), "interrupted": interrupted,
-               "world_size": world, "weights_sha256": digest, "ranks_agree": agree}
+               "world_size": world, "weights_sha256": digest, "ranks_agree": agree,
+               "data": {"streamed": data.streamed, "loader_workers": workers, "cache_build_s":
+                        None if data.build_seconds is None else round(data.build_seconds, 2)}}
     if interrupted:
         if rank == 0:
             note(f"gmkit: interrupted at step {step}; checkpoint saved in {out} (continue with --resume {out})")

@@ -43,19 +43,27 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
           conditional: bool = False, resume: str | Path | None = None, config: str | Path | dict | None = None,
           overrides: Iterable[str] | dict[str, Any] = (), checkpoint_every: int | None = None,
           save_dtype: str | None = None, device: str = "auto", on_bad_image: str = "skip", quiet: bool = False,
-          command: str | None = None, **family_options: Any) -> dict:
+          command: str | None = None, split: str | None = None, columns: dict[str, str] | None = None,
+          stream: bool = False, random_flip: bool = False, random_crop: bool = False, workers: int | None = None,
+          preset: str | None = None, grad_accum: int | None = None, log_with: str | None = None,
+          **family_options: Any) -> dict:
     """Train a model of ``family`` (or a bundled name's family: ``ddim`` trains ``ddpm``) on ``data``.
 
     Writes the run folder ``out`` (default: the ``resume`` folder, else ``runs/<family>``) and returns
     the loop's summary. ``overrides`` are ``key=value`` settings of the family config (``train.key=value``
     for the loop's), or a dict of them. ``family_options`` are the options only some families take
     (``scale`` for sr, ``sde`` for score, ``autoencoder`` / ``ae_steps`` for ldm). ``command`` is what the
-    recipe records (the CLI passes its command line).
+    recipe records (the CLI passes its command line). ``split``, ``columns``, ``stream``, ``random_flip``,
+    ``random_crop`` and ``workers`` are ``gmkit.data.DataOptions`` settings; ``preset`` a model size
+    (``gmkit.presets``, picked from ``image_size`` 32/64/128/256 when not given); ``grad_accum`` micro-batches
+    per step; ``log_with`` an experiment tracker (tensorboard, wandb, trackio).
     """
     import torch
 
     from .config import TrainConfig, apply_overrides, from_dict, to_dict
-    from .data import load_data
+    from .data.core import DataOptions, load
+    from .presets import apply_preset, auto_preset, takes_presets
+    from .tracking import check_tracker
     from .devices import resolve_device
     from .families import get_family
     from .families.base import TrainSetup
@@ -63,13 +71,18 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     from .registry import BUNDLED_MODELS
 
     for name, v in (("steps", steps), ("batch_size", batch_size), ("image_size", image_size),
-                    ("checkpoint_every", checkpoint_every)):
+                    ("checkpoint_every", checkpoint_every), ("grad_accum", grad_accum)):
         _positive(name, v)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise OptionError("workers", f"must be 0 or more, got {workers!r}")
+    check_tracker(log_with)
     _positive("lr", lr, (int, float))
     if on_bad_image not in ("skip", "error"):
         raise OptionError("on_bad_image", "must be skip or error")
     cls = get_family(BUNDLED_MODELS[family].family if family in BUNDLED_MODELS else family)
     given_options = cls.check_train_options({k: v for k, v in family_options.items() if v is not None})
+    if (grad_accum or 1) > 1 and not cls.grad_accum_ok:
+        raise OptionError("grad_accum", f"{cls.name} cannot accumulate gradients over micro-batches")
     rank, local_rank, world = dist_info()
     dev = resolve_device(device)
     if dev.type == "cuda" and world > 1:
@@ -92,13 +105,27 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
             raise OptionError("image_size", f"{image_size}: the run was trained at {recipe_prev['image_size']}")
         data = data or recipe_prev.get("data")
         image_size = recipe_prev.get("image_size") or image_size
+        prev = recipe_prev.get("data_options", {})  # the run's data, read the same way again
+        split, stream = split or prev.get("split"), stream or prev.get("stream", False)
+        random_flip = random_flip or prev.get("random_flip", False)
+        random_crop = random_crop or prev.get("random_crop", False)
+        columns = {**prev.get("columns", {}), **(columns or {})}
         out = out or resume
     else:
-        cfg = from_dict(cls.Config, apply_overrides(_base_config(cls, config), family_sets), "config")
-        tcfg = from_dict(TrainConfig, {**to_dict(TrainConfig()), **cls.train_defaults}, f"{cls.name} train defaults")
+        base, preset_train = _base_config(cls, config), {}
+        if preset is None and config is None and takes_presets(cls):
+            preset = auto_preset(image_size, dev.type)
+            if preset is not None:
+                note(f"gmkit: preset {preset} for {image_size} px on {dev.type} (preset picks another)", quiet or rank > 0)
+        if preset is not None:
+            preset_cfg, preset_train, size = apply_preset(preset, cls, from_dict(cls.Config, base, "config"), image_size)
+            base, image_size = to_dict(preset_cfg), image_size or size
+        cfg = from_dict(cls.Config, apply_overrides(base, family_sets), "config")
+        tcfg = from_dict(TrainConfig, {**to_dict(TrainConfig()), **cls.train_defaults, **preset_train},
+                         f"{cls.name} train defaults")
     tdict = to_dict(tcfg)
     for key, val in (("steps", steps), ("batch_size", batch_size), ("lr", lr), ("seed", seed),
-                     ("checkpoint_every", checkpoint_every), ("save_dtype", save_dtype)):
+                     ("checkpoint_every", checkpoint_every), ("save_dtype", save_dtype), ("grad_accum", grad_accum)):
         if val is not None:
             tdict[key] = val
     tcfg = from_dict(TrainConfig, apply_overrides(tdict, train_sets), "train config")
@@ -107,7 +134,10 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     data = data or "mnist"
     out = Path(out) if out is not None else Path("runs") / cls.name
 
-    ds = load_data(data, "train", image_size, None, on_bad_image)
+    data_opts = DataOptions(split=split or "train", image_size=image_size, columns=dict(columns or {}), stream=stream,
+                            random_flip=random_flip, random_crop=random_crop, on_bad_image=on_bad_image,
+                            workers=workers, progress=not quiet and rank == 0)
+    ds = load(data, data_opts)
     setup_recipe: dict = {}
     if resume_state is None:
         setup = TrainSetup(out=out, seed=tcfg.seed, device=dev, data_spec=data, conditional=conditional,
@@ -116,13 +146,15 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     else:
         net = cls(cfg)
         setup_recipe = {k: recipe_prev[k] for k in recipe_prev.get("family_setup", []) if k in recipe_prev}
-        if tuple(ds.images.shape[1:]) != tuple(net.image_shape):
-            raise OptionError("resume", f"the data gives images of shape {tuple(ds.images.shape[1:])}, "
+        if tuple(ds.image_shape) != tuple(net.image_shape):
+            raise OptionError("resume", f"the data gives images of shape {tuple(ds.image_shape)}, "
                                         f"the run was trained on {tuple(net.image_shape)}")
     recipe = {"command": command or _call_text(family, data=data, out=str(out), steps=steps, batch_size=batch_size,
                                                lr=lr, image_size=image_size, seed=seed, conditional=conditional,
                                                resume=str(resume) if resume else None, overrides=sets, **given_options),
-              "data": data, "data_note": ds.note, "image_size": image_size, "train_images": len(ds), "world_size": world,
+              "data": data, "data_note": ds.note, "image_size": image_size, "train_images": ds.count, "world_size": world,
+              "data_options": {"split": data_opts.split, "columns": data_opts.columns, "stream": stream,
+                               "random_flip": random_flip, "random_crop": random_crop},
               "device": str(dev), "torch": torch.__version__, "params": sum(p.numel() for p in net.parameters()),
               # Where the log is: compare reads training stability from it (never by re-parsing the command).
               "run_folder": str(out.resolve()), **setup_recipe, "family_setup": sorted(setup_recipe)}
@@ -134,8 +166,9 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
         recipe["earlier_commands"] = recipe_prev.get("earlier_commands", []) + [recipe_prev["command"]]
     if rank == 0:
         note(f"gmkit: training {cls.name} ({recipe['params'] / 1e6:.2f}M parameters) on {data} "
-             f"({len(ds)} images {tuple(ds.images.shape[1:])}) on {dev}, {world} process(es) -> {out}", quiet)
-    summary = run_loop(net, ds, out, tcfg, dev, recipe, resume_state, quiet)
+             f"({ds.count if ds.count is not None else 'a stream of'} images {tuple(ds.image_shape)}) on {dev}, "
+             f"{world} process(es) -> {out}", quiet)
+    summary = run_loop(net, ds, out, tcfg, dev, recipe, resume_state, quiet, workers, log_with)
     summary["model"] = str(out / "model.safetensors")
     if rank == 0:
         note(f"gmkit: done: step {summary['step']}, {summary['it_s']} it/s; model in {summary['model']}", quiet)

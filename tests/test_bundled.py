@@ -19,7 +19,7 @@ def test_bundled_ddim_samples_look_like_digits():
 
 def test_bundled_ddim_inversion_reconstructs_held_out_digits():
     net, _ = load("ddim")
-    x = load_data("mnist", "test").images[::125][:4]
+    x = load_data("mnist", "test").images()[::125][:4]
     z = net.encode(x, steps=20)["noise"]
     back = net.sample([torch.Generator().manual_seed(i) for i in range(4)], sampler="ddim", steps=20, init=z)
     assert float((back - x).abs().mean()) < 0.1

@@ -87,7 +87,7 @@ def test_nonfinite_samples_are_excluded_and_counted():
     from gmkit.compare import Column, Settings, _quality_cells
     from gmkit.data import load_data
 
-    x = load_data("mnist", "test").images[:12].clone()
+    x = load_data("mnist", "test").images(12)
     x[:2] = float("nan")
     q = _quality_cells(Column("m"), x, Settings(), "0-11")
     assert q["n"] == 10 and q["nonfinite_samples"] == 2 and "2 of 12 samples non-finite" in q["text"]

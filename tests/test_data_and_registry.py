@@ -28,8 +28,8 @@ def _folder(tmp_path):
 
 def test_image_folder_converts_resizes_and_labels(tmp_path, capsys):
     data = load_data(str(_folder(tmp_path)), image_size=12)
-    assert data.images.shape == (5, 3, 12, 12)
-    assert float(data.images.min()) >= -1 and float(data.images.max()) <= 1
+    assert data.images().shape == (5, 3, 12, 12)
+    assert float(data.images().min()) >= -1 and float(data.images().max()) <= 1
     assert data.class_names == ["cats", "dogs"] and data.labels.tolist() == [0, 0, 1, 1, 1]
     assert "broken.png" in capsys.readouterr().err
 
@@ -49,11 +49,11 @@ def test_empty_folder_and_unknown_name(tmp_path):
 
 def test_bundled_mnist_split_is_fixed_and_disjoint():
     train, test = load_data("mnist", "train"), load_data("mnist", "test")
-    assert train.images.shape == (4500, 1, 28, 28) and test.images.shape == (500, 1, 28, 28)
+    assert train.images().shape == (4500, 1, 28, 28) and test.images().shape == (500, 1, 28, 28)
     assert torch.bincount(test.labels).tolist() == [50] * 10
     # No held-out image appears in the training split.
-    tr = {hash(x.numpy().tobytes()) for x in train.images}
-    assert sum(hash(x.numpy().tobytes()) in tr for x in test.images) < 5  # MNIST has a few exact duplicates
+    tr = {hash(x.numpy().tobytes()) for x in train.images()}
+    assert sum(hash(x.numpy().tobytes()) in tr for x in test.images()) < 5  # MNIST has a few exact duplicates
 
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):

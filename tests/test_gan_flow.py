@@ -231,7 +231,7 @@ def test_flow_encode_decode_round_trip_via_cli(flow_run, tmp_path):
     from gmkit.data import load_data
     from gmkit.imageio import save_images
 
-    x = load_data("digits", "test").images[:5]
+    x = load_data("digits", "test").images(5)
     save_images(x, str(tmp_path / "digits") + "/")
     z_file = tmp_path / "z.safetensors"
     r = run_cli("encode", str(flow_run), str(tmp_path / "digits"), "--out", str(z_file), "--quiet")

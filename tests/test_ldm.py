@@ -46,14 +46,14 @@ def test_openmoji_is_rendered_with_captions():
 
     train, test, everything = load_data("openmoji"), load_data("openmoji", "test"), load_data("openmoji:all")
     assert len(train) + len(test) == len(everything) > 1500
-    assert everything.images.shape[1:] == (3, 32, 32)
-    assert -1 <= float(everything.images.min()) < 0 < float(everything.images.max()) <= 1
+    assert everything.images().shape[1:] == (3, 32, 32)
+    assert -1 <= float(everything.images().min()) < 0 < float(everything.images().max()) <= 1
     names = [c[0] for c in everything.captions]
     assert "cityscape at dusk" in names and "red apple" in names
     apple = everything.captions[names.index("red apple")]
     assert "an emoji of a red apple" in apple
     # A rendered emoji is not a blank square.
-    assert float(everything.images[names.index("red apple")].std()) > 0.2
+    assert float(everything.images()[names.index("red apple")].std()) > 0.2
 
 
 def test_folder_captions_from_metadata(tmp_path):

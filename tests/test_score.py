@@ -272,7 +272,7 @@ def test_bundled_score_model_draws_digits_and_inverts_through_the_ode():
     probs = extract(load_extractor("mnist"), x)[0].softmax(1)
     assert float((probs.max(1).values > 0.9).float().mean()) > 0.35  # 0.53 measured; noise gives ~0
     assert len(set(probs.argmax(1).tolist())) >= 7
-    real = load_data("mnist", "test").images[::125][:4]
+    real = load_data("mnist", "test").images()[::125][:4]
     z = net.encode(real, steps=18)["noise"]
     back = net.sample([torch.Generator().manual_seed(i) for i in range(4)], sampler="heun", steps=18, init=z)
     assert float((back - real).abs().mean()) < 0.02  # 0.0017 measured; a fresh draw is ~0.39 away

@@ -52,8 +52,8 @@ def likelihood_cmd(
         raise GmkitError(f"--steps applies to diffusion and score models; {net.name} computes its likelihood directly")
     c, h, _ = net.image_shape
     ds = load_data(data, split, h, c)
-    if tuple(ds.images.shape[1:]) != tuple(net.image_shape):
-        raise GmkitError(f"--data {data} gives images of shape {tuple(ds.images.shape[1:])}, the model needs {tuple(net.image_shape)}")
+    if tuple(ds.image_shape) != tuple(net.image_shape):
+        raise GmkitError(f"--data {data} gives images of shape {tuple(ds.image_shape)}, the model needs {tuple(net.image_shape)}")
     n = min(num_images or (100 if ode else 500), len(ds))
     labels = None
     if net.num_classes:
@@ -62,7 +62,7 @@ def likelihood_cmd(
         labels = ds.labels[:n]
     output.message(f"gmkit: {net.name} likelihood on {n} {split} images of {data}"
                    + (f" (probability-flow ODE, {steps or net.likelihood_steps} Heun steps)" if ode else ""))
-    r = m.likelihood(ds.images[:n], labels, steps, batch_size, seed)
+    r = m.likelihood(ds.images(n), labels, steps, batch_size, seed)
     report.update({"data": data, "split": split, **r})
     output.result(report, f"{model}: {report['bpd']:.4f} bits/dim ({report['kind']}; {n} {split} images of {data}, "
                           f"{report['seconds']} s)")

@@ -16,7 +16,18 @@ _T = {"steps": 10000, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 1000}  #
 
 def train_cmd(
     model: str = typer.Argument(..., help="Family to train: ddpm (ddim is the same network), ldm, autoencoder, vae, vqvae, augvae, gan, flow, score, sr."),
-    data: Optional[str] = typer.Option(None, "--data", show_default="mnist", help="mnist, digits, openmoji, mnist-captions (NAME:all / NAME:test pick a split), or a folder of images (subfolders = classes; metadata.jsonl = captions)."),
+    data: Optional[str] = typer.Option(None, "--data", show_default="mnist", help="mnist, digits, openmoji, mnist-captions (NAME:all / NAME:test pick a split), a folder of images (subfolders = classes; train/ test/ = splits; metadata.jsonl = captions), tar shards, or a Hugging Face dataset (org/name, or a save_to_disk folder)."),
+    split: Optional[str] = typer.Option(None, "--split", show_default="train", help="Data split to train on (DATA:SPLIT works too)."),
+    image_column: Optional[str] = typer.Option(None, "--image-column", show_default="the first Image column", help="Hugging Face data: the image column."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", show_default="a ClassLabel column", help="Hugging Face data: the class label column."),
+    caption_column: Optional[str] = typer.Option(None, "--caption-column", show_default="text, caption or prompt", help="Hugging Face data: the caption column."),
+    stream: bool = typer.Option(False, "--stream", help="Decode on the fly instead of caching (Hugging Face datasets, tar shards too big to cache)."),
+    random_flip: bool = typer.Option(False, "--random-flip", help="Mirror half the training images (and aligned image columns)."),
+    random_crop: bool = typer.Option(False, "--random-crop", help="Random crops of --image-size from images cached 1/8 larger."),
+    workers: Optional[int] = typer.Option(None, "--workers", show_default="one per CPU core (build); 0 on CPU, 4 on GPU (loader)", help="Worker processes that decode the data into its cache and load batches."),
+    preset: Optional[str] = typer.Option(None, "--preset", show_default="from --image-size 32/64/128/256", help="Model size for ddpm/score: cifar10 (the DDPM paper's 35.7M UNet), 64, 128, 256, or 32-cpu ... 256-cpu."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", show_default="1", help="Micro-batches per step (gradient accumulation); --batch-size stays the effective batch."),
+    log_with: Optional[str] = typer.Option(None, "--log-with", help="Also log to tensorboard, wandb or trackio (beside log.jsonl)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", "--output", show_default="the --resume folder, else runs/FAMILY", help="Run folder to write."),
     steps: Optional[int] = typer.Option(None, "--steps", show_default=f"{_T['steps']:,}", help="Total optimizer steps (a resumed run continues up to this number)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", show_default=f"{_T['batch_size']} (family defaults may differ)", help="Global batch size (split across DDP processes)."),
@@ -48,6 +59,10 @@ def train_cmd(
                         conditional=conditional, resume=resume, config=config, overrides=set_,
                         checkpoint_every=checkpoint_every, save_dtype=save_dtype, device=device,
                         on_bad_image=on_bad_image, quiet=quiet, command=command_line(argv),
+                        split=split, columns={k: v for k, v in (("image", image_column), ("label", label_column),
+                                                                ("caption", caption_column)) if v},
+                        stream=stream, random_flip=random_flip, random_crop=random_crop, workers=workers,
+                        preset=preset, grad_accum=grad_accum, log_with=log_with,
                         sde=sde, scale=scale, autoencoder=autoencoder, ae_steps=ae_steps)
     except KeyboardInterrupt:  # the loop saved a checkpoint and said so
         raise typer.Exit(130) from None

@@ -104,7 +104,7 @@ def likelihood(net, data, n: int) -> dict:
         return na(net.no_likelihood or f"{net.name} declares no likelihood capability")
     # Diffusion / score models integrate the probability-flow ODE (~50 network calls and backward
     # passes per image): compare evaluates fewer images for them (their ``compare_likelihood_images``).
-    x = data.images[:min(n, net.compare_likelihood_images or n)]
+    x = data.images(min(n, len(data), net.compare_likelihood_images or n))
     kwargs = {}
     if net.num_classes:
         if data.labels is None:
@@ -188,7 +188,7 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
         col.info = {"error": str(e)}
         return col
     col.family = net.name
-    data_shape = tuple(test_data.images.shape[1:])
+    data_shape = tuple(test_data.image_shape)
     # Sizes are resized to the data; colour cannot be: e.g. the text-to-image ldm (RGB emoji) against MNIST.
     if net.image_shape[0] != data_shape[0]:
         reason = (f"makes {'x'.join(map(str, net.image_shape))} images; --data {s.data} has "
@@ -207,7 +207,7 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
     col.cells["family"] = {"text": f"{net.name}" + (f" ({opts['sampler']}, {calls} steps)" if has_steps else ""),
                            "group": tb.get("group")}
     col.cells["trait"] = {"text": tb.get("trait", "-")}
-    col.cells["latent"] = describe_latent(net, test_data.images[:2], test_data.labels[:2] if test_data.labels is not None else None)
+    col.cells["latent"] = describe_latent(net, test_data.images(2), test_data.labels[:2] if test_data.labels is not None else None)
     col.cells["parameters"] = parameter_counts(net, opts)
 
     # training stability: the run's log, if there is one

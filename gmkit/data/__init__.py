@@ -1,11 +1,27 @@
-"""Training data: bundled data sets that need no network, and folders of the user's images.
+"""Training data: bundled sets, image folders, tar shards and Hugging Face datasets.
 
-Every source becomes an in-memory ``ImageData`` (images in [-1, 1], optional labels), decoded once
-and cached on disk, so data loading is never the bottleneck of training on small images.
+Every source is decoded once, by worker processes, into a compact uint8 cache on disk (or streamed),
+and read in batches through ``torch.utils.data``: the decoded data set never lives in memory.
+
+    data = load_data("photos/", image_size=64)      # an ImageData
+    data.image_shape, data.num_classes, data.captions
+    data.images(8)                                  # the first 8 as floats in [-1, 1]
+    for batch in data.batches(256): ...             # every example once, in order
+
+Names resolve lazily, so the decode workers (``decode.py``) start without importing torch.
 """
 
 from __future__ import annotations
 
-from .core import ImageData, load_data, data_names
+_EXPORTS = {"load_data": "core", "load": "core", "DataOptions": "core", "from_plan": "core", "Plan": "cache", "data_names": "core", "list_images": "core",
+            "ImageData": "dataset", "CachedData": "dataset", "StreamData": "streams", "make_loader": "loader"}
 
-__all__ = ["ImageData", "load_data", "data_names"]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,6 @@ Each image carries a list of caption variants; training draws one of them per st
 
 from __future__ import annotations
 
-import json
 import os
 import unicodedata
 from pathlib import Path
@@ -101,34 +100,3 @@ def render_openmoji(size: int, cache: Path) -> tuple[np.ndarray, list[str], list
     np.savez(tmp, x=x, names=np.array(names), stems=np.array(kept))
     os.replace(tmp, cached)
     return x, names, kept
-
-
-def read_captions(root: Path, files: list[Path]) -> list[list[str]]:
-    """Captions for ``files`` from ``root/metadata.jsonl`` (``file_name`` and ``text`` per line).
-
-    A caption may be a string or a list of strings (variants). Every image needs one.
-    """
-    meta = root / "metadata.jsonl"
-    if not meta.is_file():
-        raise GmkitError(f"{root}: no metadata.jsonl with captions (one JSON line per image: "
-                         '{"file_name": "a.png", "text": "a caption"})')
-    captions: dict[str, list[str]] = {}
-    for i, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            name, text = row["file_name"], row["text"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise GmkitError(f"{meta}:{i}: expected a JSON object with file_name and text") from None
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise GmkitError(f"{meta}:{i}: empty caption for {name}")
-        captions[str(Path(name))] = texts
-    out = []
-    for p in files:
-        rel = str(p.relative_to(root))
-        if rel not in captions:
-            raise GmkitError(f"{p}: no caption in {meta} (add a line with \"file_name\": \"{rel}\")")
-        out.append(captions[rel])
-    return out

@@ -43,10 +43,10 @@ class DataInfo:
     @classmethod
     def of(cls, data) -> "DataInfo":
         """From a loaded data set (``gmkit.data.ImageData``); refuses non-square images."""
-        c, h, w = data.images.shape[1:]
+        c, h, w = data.image_shape
         if h != w:
             raise OptionError("image_size", f"training images must be square, got {h}x{w}; give {{image_size}}")
-        return cls(data.name, int(c), int(h), int(data.num_classes), data.captions is not None)
+        return cls(data.name, int(c), int(h), int(data.num_classes), data.captioned)
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ class Family(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     # Options of ``gmkit train`` / ``gmkit.train`` that only this family takes.
     train_options: ClassVar[dict[str, TrainOption]] = {}
+    # Whether train_step can split a batch into micro-batches (gradient accumulation, ``accum``).
+    grad_accum_ok: ClassVar[bool] = True
 
     def __init__(self, config):
         super().__init__()
@@ -196,22 +198,50 @@ class Family(nn.Module):
     def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)}
 
-    def train_step(self, wrapped: nn.Module, batch: dict, opts: dict, step: int, grad_clip: float) -> dict[str, float]:
+    def train_step(self, wrapped: nn.Module, batch: dict, opts: dict, step: int, grad_clip: float,
+                   accum: int = 1) -> dict[str, float]:
         """One optimizer step. ``wrapped`` is this module, or its DDP wrapper: call it, not ``self``.
 
         A non-finite loss is returned without stepping, so the weights stay good. A family that finds
         training cannot usefully go on (mode collapse) raises ``errors.StopTraining``.
         """
         opt = opts["model"]
-        losses = wrapped(batch)
+        opt.zero_grad(set_to_none=True)
+        losses = self.backward(wrapped, batch, accum)
         loss = losses["loss"]
         if not torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
             return {"loss": float(loss.detach())}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip if grad_clip > 0 else float("inf"))
         opt.step()
         return {**{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(norm)}
+
+    def backward(self, wrapped: nn.Module, batch: dict, accum: int = 1) -> dict[str, torch.Tensor]:
+        """Losses of ``batch`` with their gradients added to ``.grad``, over ``accum`` equal micro-batches
+        (gradient accumulation: the gradient of the batch's mean loss, holding the activations of one
+        micro-batch at a time; under DDP gradients are all-reduced once, with the last). Returns the
+        losses averaged over the micro-batches; a non-finite loss is returned before any backward."""
+        import contextlib
+
+        if accum == 1:
+            losses = wrapped(batch)
+            if torch.isfinite(losses["loss"]):
+                losses["loss"].backward()
+            return losses
+        n = next(v for v in batch.values() if torch.is_tensor(v)).shape[0]
+        parts = [{k: (v[i * n // accum:(i + 1) * n // accum] if torch.is_tensor(v) else v) for k, v in batch.items()}
+                 for i in range(accum)]
+        total: dict[str, torch.Tensor] = {}
+        for i, part in enumerate(parts):
+            sync = i == accum - 1 or not hasattr(wrapped, "no_sync")  # DDP: reduce on the last micro-batch only
+            with contextlib.nullcontext() if sync else wrapped.no_sync():
+                losses = wrapped(part)
+                if not torch.isfinite(losses["loss"]):
+                    return {k: v.detach() for k, v in losses.items()}
+                (losses["loss"] / accum).backward()
+            for k, v in losses.items():
+                total[k] = total.get(k, 0) + v.detach() / accum
+        return total
 
     # -- shapes -------------------------------------------------------------------------------
     @property

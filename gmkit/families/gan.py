@@ -247,6 +247,8 @@ class GAN(Family):
         d, g = self.d_loss(real_logits, fake_logits), self.g_loss(fake_logits)
         return {"loss": d + g, "d_loss": d, "g_loss": g}
 
+    grad_accum_ok = False  # alternating D and G updates on one batch: micro-batches would change the game
+
     def train_step(self, wrapped: nn.Module, batch: dict, opts: dict, step: int, grad_clip: float) -> dict[str, float]:
         """One discriminator update, then one generator update.
 

@@ -185,12 +185,15 @@ class LDM(Family):
     @torch.no_grad()
     def prepare_training(self, data, device, quiet: bool = False) -> None:
         """Encode every image (autoencoder posterior) and every caption (text encoder) once."""
+        if data.streamed:
+            raise GmkitError(f"--data {data.name}: ldm encodes every image once before training; give a cached "
+                             "source (no stream)")
         if data.captions is None:
             raise OptionError("data", f"{data.name}: ldm needs captions")
         ae = self.autoencoder.eval()
         means, logvars = [], []
-        for i in range(0, len(data), 256):
-            m, lv = ae.vae.encode(data.images[i:i + 256].to(device, torch.float32))
+        for b in data.batches(256):  # in order: row i of the latents is example i (batch["index"])
+            m, lv = ae.vae.encode(b["image"].to(device, torch.float32))
             means.append(m)
             logvars.append(lv)
         mean, logvar = torch.cat(means), torch.cat(logvars)

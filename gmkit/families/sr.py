@@ -160,7 +160,7 @@ class SR(Family):
     # -- training -----------------------------------------------------------------------------
     def prepare_training(self, data, device, quiet: bool = False) -> None:
         """Keep a few training images, downsampled, for the preview grids of each checkpoint."""
-        self._preview_low = degrade(data.images[:8].to(device, torch.float32), self.config.scale)
+        self._preview_low = degrade(data.images(8).to(device, torch.float32), self.config.scale)
 
     def pair(self, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(target x_0, condition) for high-resolution images: the target is the residual by default."""

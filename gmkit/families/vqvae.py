@@ -137,15 +137,14 @@ class VQVAE(Family):
         return {"model": torch.optim.AdamW(ae, lr=lr, weight_decay=weight_decay),
                 "prior": torch.optim.AdamW(prior, lr=lr, weight_decay=weight_decay)}
 
-    def train_step(self, wrapped, batch, opts, step, grad_clip):
+    def train_step(self, wrapped, batch, opts, step, grad_clip, accum=1):
         """One step of both optimizers; the two losses touch disjoint parameters, so one backward serves."""
-        losses = wrapped(batch)
+        for opt in opts.values():
+            opt.zero_grad(set_to_none=True)
+        losses = self.backward(wrapped, batch, accum)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             return {"loss": float(loss)}
-        for opt in opts.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
         clip = grad_clip if grad_clip > 0 else float("inf")
         ae, prior = self._groups()
         norm = torch.nn.utils.clip_grad_norm_(ae, clip)
