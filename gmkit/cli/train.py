@@ -27,6 +27,7 @@ def train_cmd(
     sde: Optional[str] = typer.Option(None, "--sde", show_default="ve", help="score: the noise process, ve (NCSN) or vp."),
     scale: Optional[int] = typer.Option(None, "--scale", show_default="4", help="sr: upsampling factor per side, e.g. 2 or 4."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where it stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="--out holds a run already: replace it (else refused; --resume continues it)."),
     autoencoder: Optional[str] = typer.Option(None, "--autoencoder", show_default="train one into OUT/autoencoder first", help="ldm: the first-stage autoencoder (a model source)."),
     ae_steps: Optional[int] = typer.Option(None, "--ae-steps", show_default="3000", help="ldm: steps of the autoencoder it trains when --autoencoder is not given."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON file with the family config."),
@@ -47,7 +48,7 @@ def train_cmd(
         summary = train(model, data, out, steps=steps, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
                         conditional=conditional, resume=resume, config=config, overrides=set_,
                         checkpoint_every=checkpoint_every, save_dtype=save_dtype, device=device,
-                        on_bad_image=on_bad_image, quiet=quiet, command=command_line(argv),
+                        on_bad_image=on_bad_image, quiet=quiet, command=command_line(argv), overwrite=overwrite,
                         sde=sde, scale=scale, autoencoder=autoencoder, ae_steps=ae_steps)
     except KeyboardInterrupt:  # the loop saved a checkpoint and said so
         raise typer.Exit(130) from None

