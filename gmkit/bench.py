@@ -250,10 +250,9 @@ def ddim_claim(rows: list[dict], tolerance: float = CLAIM_TOLERANCE) -> dict:
 
 def plot_sweep(rows: list[dict], path) -> None:
     """Quality (FD) and speed (images/s) against steps, one line per model/sampler/batch/dtype/compile."""
-    import matplotlib
+    from .extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_q, ax_t) = plt.subplots(1, 2, figsize=(11, 4.2))
     groups: dict = {}
@@ -284,5 +283,7 @@ def plot_sweep(rows: list[dict], path) -> None:
         ax_q.text(0.5, 0.5, "no quality measured\n(use --quality or --out)", ha="center", va="center", transform=ax_q.transAxes)
     ax_t.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from .checkpoint import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -27,10 +27,15 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: an interrupted save leaves the old file intact."""
+    """Call ``write(tmp_path)`` then rename over ``path``: an interrupted or failed save leaves the old file
+    intact and no temporary file behind (SIGTERM is turned into an exception by the CLI, so it cleans up
+    too; a kill -9 can leave a ``.NAME.XXXX.tmp``, which the next training run in that folder removes)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise GmkitError(f"{path}: cannot write there ({e.strerror or e})") from None
     os.close(fd)
     try:
         write(tmp)
@@ -38,10 +43,22 @@ def atomic_write(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, GmkitError):  # disk full, permissions, a folder named so
+            raise GmkitError(f"{path}: cannot write it ({e.strerror or e})") from None
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """A text file (a report, JSON, HTML) written atomically."""
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_figure(fig, path: Path, **kwargs) -> None:
+    """A matplotlib figure written atomically (the format from ``path``'s suffix, not the temporary name's)."""
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs))
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

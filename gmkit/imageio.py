@@ -1,5 +1,7 @@
 """Images in and out: grids, folders of PNGs, raw tensors, and stdin/stdout for pipes.
 
+Reading goes through one decoder, ``image_read.read_image`` (16-bit, CMYK, palette, animated,
+decompression bombs); ``distance_note`` says when an input is far from a model's training data.
 ``--out`` picks the format by its form: ``x.png`` one grid, ``dir/`` (or an existing folder) one
 PNG per image (0000.png ...), ``x.safetensors`` the raw tensor in [-1, 1], ``-`` a PNG grid on stdout.
 """
@@ -11,15 +13,20 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import GmkitError
+
+if TYPE_CHECKING:  # torch is imported where used: the decoder runs in torch-free worker processes too
+    import torch
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
+    import torch
+
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
 
@@ -66,25 +73,48 @@ def output_kind(out: str) -> str:
 
 def check_writable(out: str) -> None:
     """Fail before any work if the output cannot be written."""
-    if out == "-":
-        return
-    p = Path(out)
-    target = p if output_kind(out) == "folder" else p.parent
-    probe = target
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise GmkitError(f"--out {out}: cannot write there ({probe} is not a writable folder)")
+    from .outputs import check_writable as check
+
+    check(out, folder=out != "-" and output_kind(out) == "folder")
+
+
+# What one call may hold in memory before writing: a grid is one image, a tensor file one tensor; a
+# folder/ is written batch by batch and has no such bound.
+MAX_GRID_IMAGES = 4096
+MAX_TENSOR_BYTES = 2 << 30
+
+
+def check_held(out: str, n: int, image_shape) -> None:
+    """Refuse outputs that would hold more than a grid or a tensor file sensibly can (say which fits)."""
+    from .errors import OptionError
+
+    kind = output_kind(out)
+    if kind in ("grid", "stdout") and n > MAX_GRID_IMAGES:
+        raise OptionError("n", f"{n:,} images in one grid: at most {MAX_GRID_IMAGES:,}; write a folder/ "
+                               "(one PNG each, written batch by batch)")
+    size = 4 * n * math.prod(image_shape)
+    if kind == "tensor" and size > MAX_TENSOR_BYTES:
+        raise OptionError("n", f"{n:,} images make a {size / 2**30:.1f} GiB tensor file: at most "
+                               f"{MAX_TENSOR_BYTES / 2**30:.0f} GiB; write a folder/ (written batch by batch)")
+
+
+def write_image(arr: np.ndarray, path) -> None:
+    """One (H, W, C) uint8 image to a file, atomically (a failed write never leaves half a PNG)."""
+    from .checkpoint import atomic_write
+
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    atomic_write(path, lambda tmp: to_pil(arr).save(tmp, format=fmt))
 
 
 def save_images(x: torch.Tensor, out: str, metadata: dict[str, str] | None = None, start_index: int = 0) -> list[str]:
-    """Write images in [-1, 1]; returns the paths written."""
+    """Write images in [-1, 1]; returns the paths written. Every file is written atomically; a folder gets
+    files ``start_index`` onwards, so a long run can write each batch as it is done."""
     kind = output_kind(out)
     if kind in ("stdout", "grid") and x.shape[0] == 1:  # one image is written as itself, no grid border
         arr = to_uint8(x)[0]
         if kind == "grid":
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            to_pil(arr).save(out)
+            write_image(arr, out)
             return [out]
         sys.stdout.buffer.write(png_bytes(arr))
         sys.stdout.buffer.flush()
@@ -96,46 +126,28 @@ def save_images(x: torch.Tensor, out: str, metadata: dict[str, str] | None = Non
     if kind == "tensor":
         from .checkpoint import save_tensors
 
-        save_tensors(Path(out), {"images": x.float().cpu()}, metadata or {})
+        save_tensors(Path(out), {"images": x.float().cpu()}, {"gmkit.kind": "images", **(metadata or {})})
         return [out]
     if kind == "grid":
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        to_pil(make_grid(x)).save(out)
+        write_image(make_grid(x), out)
         return [out]
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, arr in enumerate(to_uint8(x)):
         p = folder / f"{start_index + i:04d}.png"
-        to_pil(arr).save(p)
+        write_image(arr, p)
         paths.append(str(p))
     return paths
 
 
-def open_image(path: str):
-    """A Pillow image from a file or ``-`` (stdin), transparency composited onto white."""
-    from PIL import Image, UnidentifiedImageError
+# -- reading images -------------------------------------------------------------------------------
 
-    try:
-        if path == "-":
-            im = Image.open(io.BytesIO(sys.stdin.buffer.read()))
-        else:
-            im = Image.open(path)
-        im.load()
-    except FileNotFoundError:
-        raise GmkitError(f"{path}: no such image") from None
-    except (OSError, UnidentifiedImageError) as e:
-        raise GmkitError(f"{path}: cannot read image ({e})") from None
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    return im
+from .image_read import BadImage, read_image  # noqa: E402,F401 (the one image decoder; re-exported)
 
 
 def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
     """One image file (or ``-`` for stdin) as (1, C, size, size) in [-1, 1]."""
-    im = open_image(path)
+    im = read_image(path)
     if im.size != (size, size):
         print(f"gmkit: {path}: resized to {size}x{size} for this model", file=sys.stderr)
     return pil_tensor(im, channels, size)
@@ -143,9 +155,11 @@ def load_image_file(path: str, channels: int, size: int) -> torch.Tensor:
 
 def pil_tensor(im, channels: int, size: int) -> torch.Tensor:
     """A Pillow image centre-cropped and resized to (1, C, size, size) in [-1, 1]."""
+    import torch
+
     from PIL import Image, ImageOps
 
-    im = ImageOps.fit(im.convert("L" if channels == 1 else "RGB"), (size, size), Image.Resampling.LANCZOS)
+    im = ImageOps.fit(read_image(im).convert("L" if channels == 1 else "RGB"), (size, size), Image.Resampling.LANCZOS)
     arr = np.asarray(im, dtype=np.float32)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy())[None] / 127.5 - 1
@@ -202,6 +216,8 @@ class ImageSet:
         return self
 
     def batches(self, size: int = 256):
+        import torch
+
         if self.tensor is not None:
             yield from self.tensor.split(size)
             return
@@ -211,7 +227,7 @@ class ImageSet:
         for i in range(0, self.count, size):
             arrays = []
             for f in self.files[i:i + size]:
-                im = open_image(str(f)).convert("L" if c == 1 else "RGB")
+                im = read_image(str(f)).convert("L" if c == 1 else "RGB")
                 if im.size != (w, h):
                     im = ImageOps.fit(im, (w, h), Image.Resampling.LANCZOS)
                 a = np.asarray(im, dtype=np.uint8)
@@ -219,6 +235,8 @@ class ImageSet:
             yield torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1
 
     def all(self) -> torch.Tensor:
+        import torch
+
         return self.tensor if self.tensor is not None else torch.cat(list(self.batches()))
 
 
@@ -228,25 +246,83 @@ def load_image_set(path: str) -> tuple[torch.Tensor, list[str]]:
     return images.all(), images.notes
 
 
-def load_input_image(path, channels: int, size_for, quiet: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+# Pixel mean and standard deviation (in [0, 1]) of the bundled training sets, measured on their training
+# splits, for checkpoints whose recipe predates ``data_stats``: what an input is compared with.
+DATA_STATS = {"mnist": (0.131, 0.308), "mnist-captions": (0.131, 0.308), "openmoji": (0.788, 0.325),
+              "digits": (0.305, 0.376)}
+# An input image reads as far from the model's data past these: a mean this far off, a spread off by this factor.
+FAR_MEAN, FAR_STD = 0.25, 2.0
+# Largest image a model may be asked to make from an input (size-agnostic models, e.g. 4x upsampling).
+MAX_OUTPUT_PIXELS = 4096 * 4096
+
+
+def data_stats(meta: dict) -> tuple[float, float] | None:
+    """(mean, std) of a checkpoint's training pixels in [0, 1], from its recipe, if known."""
+    import json
+
+    try:
+        recipe = json.loads((meta or {}).get("gmkit.recipe", "{}") or "{}")
+    except ValueError:
+        return None
+    stats = recipe.get("data_stats") if isinstance(recipe, dict) else None
+    if isinstance(stats, list) and len(stats) == 2 and all(isinstance(v, (int, float)) for v in stats):
+        return float(stats[0]), float(stats[1])
+    return DATA_STATS.get(recipe.get("data")) if isinstance(recipe, dict) else None
+
+
+def distance_note(name: str, im, channels: int, size: tuple[int, int], stats: tuple[float, float] | None) -> str | None:
+    """A note when an input image is far from what the model was trained on: colour into a grey model,
+    a large change of scale, or pixel statistics far from the training data's."""
+    reasons = []
+    if channels == 1 and im.mode != "L" and not _looks_grey(im):
+        reasons.append("a colour image for a greyscale model")
+    scale = max(im.width / size[1], im.height / size[0], size[1] / im.width, size[0] / im.height)
+    if scale >= 4:
+        reasons.append(f"{im.width}x{im.height} pixels for a {size[1]}x{size[0]} model")
+    if stats is not None:
+        a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255
+        mean, std = float(a.mean()), float(a.std())
+        if abs(mean - stats[0]) > FAR_MEAN or not stats[1] / FAR_STD <= std <= stats[1] * FAR_STD:
+            reasons.append(f"pixel mean {mean:.2f} and spread {std:.2f} where its training images have "
+                           f"{stats[0]:.2f} and {stats[1]:.2f}")
+    if not reasons:
+        return None
+    return f"{name} is far from what this model was trained on ({'; '.join(reasons)}): expect a poor result"
+
+
+def _looks_grey(im) -> bool:
+    a = np.asarray(im.convert("RGB")).astype(np.int16)
+    return bool(np.abs(a[..., 0] - a[..., 1]).max(initial=0) <= 2 and np.abs(a[..., 1] - a[..., 2]).max(initial=0) <= 2)
+
+
+def load_input_image(path, channels: int, size_for, quiet: bool = False,
+                     stats: tuple[float, float] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """An ``--image`` for a model, as (1, C, h, w) in [-1, 1], and its original (width, height).
 
     ``path`` is a file, ``-`` (stdin) or a Pillow image. ``size_for(height, width) -> (h, w)`` is the
     size the model takes (``Family.input_size``); any other size is resized (centre-cropped if the
-    aspect differs) and said so, as is a colour change.
+    aspect differs) and said so, as is a colour change and an image far from the model's training
+    data (``stats``: its pixel mean and spread, ``data_stats``).
     """
+    import torch
+
     from PIL import Image, ImageOps
 
-    im = path if isinstance(path, Image.Image) else open_image(path)
+    im = read_image(path)
     name = "the image" if isinstance(path, Image.Image) else path
     original = im.size
     h, w = size_for(im.height, im.width)
+    if h * w > MAX_OUTPUT_PIXELS:
+        raise GmkitError(f"{name}: a {im.width}x{im.height} input would make a {w}x{h} image, over the limit of "
+                         f"{MAX_OUTPUT_PIXELS:,} pixels; resize the input first")
     if im.size != (w, h):
         crop = abs(im.width / im.height - w / h) > 0.01
         _note(f"{name}: {im.width}x{im.height} image {'centre-cropped and ' if crop else ''}resized to {w}x{h} for this model", quiet)
-    grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-    if channels == 1 and not grey:
+    if channels == 1 and im.mode != "L" and not _looks_grey(im):
         _note(f"{name}: colour image converted to greyscale for this model", quiet)
+    far = distance_note(name, im, channels, (h, w), stats)
+    if far:
+        _note(far, quiet)
     im = ImageOps.fit(im.convert("L" if channels == 1 else "RGB"), (w, h), Image.Resampling.LANCZOS)
     arr = np.asarray(im, dtype=np.float32)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -259,9 +335,11 @@ def load_mask(path, image_size: tuple[int, int], size: tuple[int, int], quiet: b
     A mask of another size than the image (``image_size``, width x height as read) is resized to
     it first, then cropped and resized as the image was, to ``size`` (h, w); all said on stderr.
     """
+    import torch
+
     from PIL import Image, ImageOps
 
-    im = (path if isinstance(path, Image.Image) else open_image(path)).convert("L")
+    im = read_image(path).convert("L")
     arr = np.asarray(im)
     grey = float(((arr > 0) & (arr < 255)).mean())
     if grey > 0.01:

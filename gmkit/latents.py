@@ -30,16 +30,24 @@ def model_id(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_tensor_file(path: str, what: str = "input") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A safetensors file, or ``-`` for a safetensors stream on stdin."""
+def read_tensor_file(path: str, what: str = "input", max_bytes: int | None = None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file, or ``-`` for a safetensors stream on stdin; ``max_bytes`` refuses larger tensor
+    data in one line before reading it (from the header of a file; while reading stdin)."""
     from safetensors.torch import load
 
-    from .checkpoint import load_tensors
+    from .checkpoint import load_tensors, read_header
+
+    def too_big(size: int, more: str = "") -> GmkitError:
+        return GmkitError(f"{what} {path}: {more}{size / 2**20:,.0f} MiB of tensors is over this command's limit of "
+                          f"{max_bytes / 2**20:,.0f} MiB (it holds them in memory); split or subsample the file")
 
     if path == "-":
         if sys.stdin.isatty():
             raise GmkitError(f"{what} -: stdin is a terminal; pipe a .safetensors stream in (e.g. gmkit encode ... | )")
-        data = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(-1 if max_bytes is None else max_bytes + (100 << 20) + 1)
+        if max_bytes is not None and len(data) > max_bytes + (100 << 20):
+            raise too_big(len(data), "over ")
         if not data:
             raise GmkitError(f"{what} -: stdin is empty (did the command before the pipe fail?)")
         try:
@@ -52,6 +60,11 @@ def read_tensor_file(path: str, what: str = "input") -> tuple[dict[str, torch.Te
     p = Path(path)
     if not p.is_file():
         raise GmkitError(f"{path}: no such file")
+    if max_bytes is not None:
+        size = max((int(v["data_offsets"][1]) for k, v in read_header(p).items()
+                    if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+        if size > max_bytes:
+            raise too_big(size)
     return load_tensors(p)
 
 
@@ -69,9 +82,10 @@ def write_tensor_file(out: str, tensors: dict[str, torch.Tensor], meta: dict[str
         save_tensors(Path(out), tensors, meta)
 
 
-def check_out(out: str, what: str = "--out") -> None:
-    """Refuse outputs that are not .safetensors or ``-``, and binary data on a terminal."""
-    from .imageio import check_writable
+def check_out(out: str, what: str = "--out", inputs=()) -> None:
+    """Refuse outputs that are not .safetensors or ``-``, binary data on a terminal, and model files or
+    the command's own inputs as the output."""
+    from .outputs import check_output
 
     if out == "-":
         if sys.stdout.isatty():
@@ -79,7 +93,7 @@ def check_out(out: str, what: str = "--out") -> None:
         return
     if not out.endswith(".safetensors"):
         raise GmkitError(f"{what} {out}: this command writes .safetensors (or - for stdout)")
-    check_writable(out)
+    check_output(out, inputs=inputs)
 
 
 def source_meta(meta: dict[str, str]) -> dict[str, str]:

@@ -19,7 +19,7 @@ import torch
 
 from .errors import GmkitError, OptionError
 from .families.base import DECODE, ENCODE, LIKELIHOOD, Family
-from .options import EncodeOptions, SampleOptions
+from .options import EncodeOptions, SampleOptions, check_run
 
 
 def load(source: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
@@ -46,9 +46,9 @@ def load(source: str, device: str | torch.device = "auto", dtype: str | torch.dt
     return model
 
 
-def seeds_check(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise OptionError("seed", f"must be a whole number >= 0, got {seed!r}")
+def seeds_check(seed: int, n: int = 1) -> int:
+    """A first seed for ``n`` images (image i draws from seed + i, within torch's 64-bit seeds)."""
+    check_run(seed=seed, n=n)
     return seed
 
 
@@ -97,8 +97,7 @@ class Model:
         """How many images a call makes: ``n``; else one per prompt of a list, one for a single
         prompt or an edited image, the batch of an ``init`` tensor, or 16."""
         if n is not None:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise OptionError("n", f"must be a positive integer, got {n!r}")
+            check_run(n=n)
         if opts.init is not None:
             if n is not None and n != opts.init.shape[0]:
                 raise OptionError("init", f"holds {opts.init.shape[0]} images but {{n}} asks for {n}")
@@ -118,14 +117,17 @@ class Model:
             if len(prompts) > 1:
                 n = None  # n images of each prompt
         if "image" in options and not torch.is_tensor(options["image"]):
-            from .imageio import load_input_image, load_mask
+            from .imageio import data_stats, load_input_image, load_mask
 
-            x, original = load_input_image(options["image"], self.image_shape[0], self.net.input_size, quiet=True)
+            x, original = load_input_image(options["image"], self.image_shape[0], self.net.input_size, quiet=True,
+                                           stats=data_stats(self.resolved.meta))
             options["image"] = x
             if options.get("mask") is not None and not torch.is_tensor(options["mask"]):
                 options["mask"] = load_mask(options["mask"], original, tuple(x.shape[-2:]), quiet=True)
         opts = self.options(**options)
-        return self.count(n, opts), opts
+        n = self.count(n, opts)
+        check_run(n=n)
+        return n, opts
 
     def generate(self, opts: SampleOptions, seed: int, start: int, count: int, callback=None) -> torch.Tensor:
         """Images ``start .. start + count - 1`` of a run with seed ``seed`` (image i from seed + i), on the CPU."""
@@ -135,7 +137,15 @@ class Model:
             kwargs["init"] = opts.init[start:start + count]
         if isinstance(opts.prompt, (list, tuple)):
             kwargs["prompt"] = list(opts.prompt[start:start + count])
-        return self.net.sample(gens, callback=callback, **kwargs).float().cpu()
+        x = self.net.sample(gens, callback=callback, **kwargs).float().cpu()
+        return self.finite(x, f"images {start}-{start + count - 1}")
+
+    def finite(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        """``x``, refused if it holds NaN/inf: never an all-black image (or garbage latents) with exit code 0."""
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise GmkitError(f"{self.source}: the model produced NaN or infinite values ({what}); "
+                             "its weights or these options make it diverge")
+        return x
 
     def sample_tensor(self, n: int | None = None, seed: int = 0, *, batch_size: int = 64, progress: bool = False,
                       **options: Any) -> torch.Tensor:
@@ -143,10 +153,9 @@ class Model:
         (``steps``, ``sampler``, ``guidance``, ``prompt``, ``class_label``, ``image``, ``strength`` ...)."""
         from .progress import Progress
 
-        seeds_check(seed)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise OptionError("batch_size", f"must be a positive integer, got {batch_size!r}")
+        check_run(seed=seed, batch_size=batch_size)
         n, opts = self.prepare(n, **options)
+        seeds_check(seed, n)
         plan = self.net.sampling_plan(opts.sampler, opts.steps)
         chunks = []
         with Progress("sample", plan.steps, quiet=not progress) as bar:
@@ -175,7 +184,8 @@ class Model:
         opts = EncodeOptions(**options).check()
         x = images if torch.is_tensor(images) else self.read_images(images)
         latents = self.net.encode(x.to(self.device), **opts.as_kwargs())
-        return {k: (v.float() if v.is_floating_point() else v).cpu().contiguous() for k, v in latents.items()}
+        return {k: self.finite((v.float() if v.is_floating_point() else v).cpu().contiguous(), f"latents {k}")
+                for k, v in latents.items()}
 
     def read_images(self, images) -> torch.Tensor:
         """Paths or Pillow images at this model's size, as (N, C, H, W) in [-1, 1]."""
@@ -205,7 +215,8 @@ class Model:
         chunks = []
         for s in range(0, latents.shape[0], batch_size):
             label = class_label[s:s + batch_size] if torch.is_tensor(class_label) and class_label.ndim else class_label
-            chunks.append(self.net.decode(latents[s:s + batch_size], **({"class_label": label} if label is not None else {})).float().cpu())
+            x = self.net.decode(latents[s:s + batch_size], **({"class_label": label} if label is not None else {}))
+            chunks.append(self.finite(x.float().cpu(), f"decoded images {s}-{s + len(x) - 1}"))
         return torch.cat(chunks)
 
     def decode(self, latents, class_label=None, batch_size: int = 256) -> list:

@@ -17,18 +17,52 @@ from typing import Any
 
 from .errors import OptionError
 
+# Work bounds (README "Errors and safety"): no option can make one call run unbounded or exhaust
+# memory. Samplers build per-step tables, so steps are capped far above any useful count (DDPM's
+# 1000 x 100); image counts are capped and written batch by batch; seeds must fit torch's 64-bit
+# generators for every image (image i draws from seed + i).
+MAX_STEPS = 100_000
+MAX_IMAGES = 1_000_000
+MAX_BATCH = 4096
+MAX_SEED = 2**63 - 1
+MAX_RESAMPLE = 1000
+MAX_REFINE = 100
+MAX_BATCH_VALUES = 1 << 25  # image values generated at once (64 RGB images of 416x416): activations scale with it
+
+
+def fit_batch(batch_size: int, image_shape) -> int:
+    """``batch_size``, lowered so one batch of images of ``image_shape`` stays within MAX_BATCH_VALUES
+    (image i still comes from seed S+i, so the images do not change)."""
+    values = 1
+    for d in image_shape:
+        values *= int(d)
+    return max(1, min(batch_size, MAX_BATCH_VALUES // max(values, 1)))
+
+
 def _finite(name: str, v) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise OptionError(name, f"must be a finite number, got {v!r}")
     return float(v)
 
 
-def _whole(name: str, v, low: int) -> int:
+def _whole(name: str, v, low: int, high: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise OptionError(name, f"must be a whole number, got {v!r}")
     if v < low:
         raise OptionError(name, f"must be >= {low}, got {v}")
+    if high is not None and v > high:
+        raise OptionError(name, f"must be <= {high:,}, got {v:,}")
     return v
+
+
+def check_run(n: int | None = None, seed: int | None = None, batch_size: int | None = None) -> None:
+    """How much one call makes: image count, first seed (image i uses seed + i) and batch size."""
+    if n is not None:
+        _whole("n", n, 1, MAX_IMAGES)
+    if batch_size is not None:
+        _whole("batch_size", batch_size, 1, MAX_BATCH)
+    if seed is not None:
+        _whole("seed", seed, 0, MAX_SEED - (n or 1) + 1)
 
 
 @dataclass(frozen=True)
@@ -84,9 +118,10 @@ class SampleOptions:
 
     def check(self) -> "SampleOptions":
         """Ranges, finite values and combinations; returns self."""
-        for name in ("steps", "resample", "jump", "height", "width"):
+        for name, high in (("steps", MAX_STEPS), ("resample", MAX_RESAMPLE), ("jump", MAX_STEPS), ("height", 4096),
+                           ("width", 4096)):
             if getattr(self, name) is not None:
-                _whole(name, getattr(self, name), 1)
+                _whole(name, getattr(self, name), 1, high)
         if self.class_label is not None:
             _whole("class_label", self.class_label, 0)
         ranges = {"eta": (0, 1), "strength": (0, 1)}
@@ -141,9 +176,9 @@ class EncodeOptions:
 
     def check(self) -> "EncodeOptions":
         if self.steps is not None:
-            _whole("steps", self.steps, 1)
+            _whole("steps", self.steps, 1, MAX_STEPS)
         if self.refine is not None:
-            _whole("refine", self.refine, 0)
+            _whole("refine", self.refine, 0, MAX_REFINE)
         if self.class_label is not None:
             _whole("class_label", self.class_label, 0)
         return self

@@ -23,11 +23,13 @@ from .checkpoint import PICKLE_SUFFIXES, LazyState, parameters_on_meta, read_met
 from .config import from_dict
 from .errors import GmkitError
 from .families import Family, get_family
+from .guards import check_config
 from .interop.diffusers import resolve_pipeline
 from .interop.hub import HubId, RepoFiles, hub_repo, local_files, parse_hub_id
 from .interop.lora import apply_lora
 from .interop.pickles import converted
 from .interop.single_file import resolve_single_file
+from .names import use_bundled
 from .resolved import Resolved
 
 __all__ = ["BUNDLED_MODELS", "Bundled", "Resolved", "build", "bundled_path", "load", "resolve"]
@@ -88,12 +90,25 @@ def resolve(source: str, allow_pickle: bool = False, prefer_half: bool = False, 
     return r
 
 
+def is_model_source(path: Path) -> bool:
+    """A local path that holds a model: a weights file, or a folder with a gmkit or diffusers model."""
+    if path.is_dir():
+        return (path / "model.safetensors").is_file() or (path / "model_index.json").is_file()
+    return path.is_file() and path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES)
+
+
 def _resolve(source, allow_pickle, prefer_half, revision, token, config) -> Resolved:
     path = Path(source).expanduser()
+    try:
+        path.exists()
+    except OSError:  # a name too long (or otherwise impossible) for this file system: not a local path
+        if parse_hub_id(source, revision) is None:
+            raise GmkitError(f"{source[:60]}{'...' if len(source) > 60 else ''}: not a model name, file or Hub id") from None
     if revision is not None and (source in BUNDLED_MODELS or path.exists()):
         raise GmkitError(f"revision {revision!r} applies to Hub repos; {source} is "
                          f"{'a bundled model' if source in BUNDLED_MODELS and not path.exists() else 'a local path'}")
-    if source in BUNDLED_MODELS and not path.exists():
+    # A bundled name shadowed by a local path of that name: the path only if it holds a model (said so).
+    if use_bundled(source, source in BUNDLED_MODELS, is_model_source, "model"):
         bundled = bundled_path(source)
         if not bundled.exists():
             raise GmkitError(f"bundled model {source!r} is missing from the installation ({bundled}); reinstall gmkit")
@@ -158,7 +173,7 @@ def gmkit_checkpoint(path: Path, source: str) -> Resolved:
         cfg_data = json.loads(meta.get("gmkit.config", "{}"))
     except json.JSONDecodeError:
         raise GmkitError(f"{path}: its config metadata is not valid JSON") from None
-    config = from_dict(family.Config, cfg_data, f"{path} config")
+    config = check_config(family, from_dict(family.Config, cfg_data, f"{path} config"), f"{path} config")
     return Resolved(source, path, family, config, LazyState.from_file(path), meta, {})
 
 
@@ -175,25 +190,23 @@ def _tensor(state, key: str, dtype, device, memory_format):
 def build(resolved: Resolved, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Family:
     """Instantiate the family and load the weights, checking every name and shape.
 
-    The model is built with its parameters on the meta device (no memory, no random init) and each
-    weight is then read from disk straight into its final dtype, device and memory layout, so
-    loading costs about the final weights in memory (``benchmarks/load_memory.py``).
+    First the config's network is dry-built with its large tensors on the meta device, under caps
+    from the file's own size, and every name and shape compared with the tensors present
+    (``guards.check_weights``), so no checkpoint can make gmkit allocate more than its weights. The
+    model is then built with its parameters on the meta device (no memory, no random init) and each
+    weight read from disk straight into its final dtype, device and memory layout, so loading costs
+    about the final weights in memory (``benchmarks/load_memory.py``). Weights holding NaN/inf are refused.
     """
+    from .guards import BUILD_ERRORS, check_finite, check_weights
+
+    check_weights(resolved.family, resolved.config, {k: _shape(resolved.state, k) for k in resolved.state},
+                  resolved.path)
     try:
         with parameters_on_meta():
             model = resolved.family(resolved.config)
-    except (TypeError, ValueError) as e:
+    except BUILD_ERRORS as e:
         raise GmkitError(f"{resolved.path}: its config cannot build a {resolved.family.name} model ({e})") from None
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(resolved.state))
-    unexpected = sorted(set(resolved.state) - set(expected))
-    if missing or unexpected:
-        detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "")
-        raise GmkitError(f"{resolved.path}: weights do not match the config ({detail.strip()})")
-    for k, v in expected.items():
-        if tuple(v.shape) != _shape(resolved.state, k):
-            raise GmkitError(f"{resolved.path}: tensor {k} has shape {_shape(resolved.state, k)}, "
-                             f"the config needs {tuple(v.shape)}")
     # channels_last: ~15% faster convolutions on CPU (measured on the bundled UNet), same results.
     state = {k: _tensor(resolved.state, k, dtype if v.is_floating_point() else v.dtype, device,
                         torch.channels_last if v.ndim == 4 else torch.contiguous_format)
@@ -204,6 +217,7 @@ def build(resolved: Resolved, device: torch.device | str = "cpu", dtype: torch.d
     if still_meta:
         raise GmkitError(f"{resolved.path}: {resolved.family.name} left {still_meta[0]} unset after loading "
                          "(a parameter outside its state dict)")
+    check_finite(model, resolved.path)
     if resolved.text_encoder is not None:
         model.attach_text_encoder(resolved.text_encoder)
     model.eval().requires_grad_(False)

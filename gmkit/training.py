@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -46,7 +47,7 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
           command: str | None = None, split: str | None = None, columns: dict[str, str] | None = None,
           stream: bool = False, random_flip: bool = False, random_crop: bool = False, workers: int | None = None,
           preset: str | None = None, grad_accum: int | None = None, log_with: str | None = None,
-          **family_options: Any) -> dict:
+          overwrite: bool = False, **family_options: Any) -> dict:
     """Train a model of ``family`` (or a bundled name's family: ``ddim`` trains ``ddpm``) on ``data``.
 
     Writes the run folder ``out`` (default: the ``resume`` folder, else ``runs/<family>``) and returns
@@ -56,18 +57,21 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     recipe records (the CLI passes its command line). ``split``, ``columns``, ``stream``, ``random_flip``,
     ``random_crop`` and ``workers`` are ``gmkit.data.DataOptions`` settings; ``preset`` a model size
     (``gmkit.presets``, picked from ``image_size`` 32/64/128/256 when not given); ``grad_accum`` micro-batches
-    per step; ``log_with`` an experiment tracker (tensorboard, wandb, trackio).
+    per step; ``log_with`` an experiment tracker (tensorboard, wandb, trackio). An ``out`` that holds a
+    run already is continued only with ``resume`` and replaced only with ``overwrite``; one process at a
+    time trains into a folder (a lock).
     """
     import torch
 
-    from .config import TrainConfig, apply_overrides, from_dict, to_dict
+    from .config import TrainConfig, apply_overrides, check_train_config, from_dict, to_dict
     from .data.core import DataOptions, load
     from .presets import apply_preset, auto_preset, takes_presets
     from .tracking import check_tracker
     from .devices import resolve_device
     from .families import get_family
-    from .families.base import TrainSetup
-    from .loop import DTYPES, dist_info, load_resume_config, read_train_state, train as run_loop
+    from .guards import check_config
+    from .loop import dist_info, load_resume_config, read_train_state
+    from .outputs import check_run_folder, remove_stale_temps, run_lock
     from .registry import BUNDLED_MODELS
 
     for name, v in (("steps", steps), ("batch_size", batch_size), ("image_size", image_size),
@@ -128,18 +132,45 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
                      ("checkpoint_every", checkpoint_every), ("save_dtype", save_dtype), ("grad_accum", grad_accum)):
         if val is not None:
             tdict[key] = val
-    tcfg = from_dict(TrainConfig, apply_overrides(tdict, train_sets), "train config")
-    if tcfg.save_dtype not in DTYPES:
-        raise OptionError("save_dtype", f"{tcfg.save_dtype}: use fp32, fp16 or bf16")
+    # One check of the loop's settings, whatever route set them: flags, --set train.*, a resumed run.
+    tcfg = check_train_config(from_dict(TrainConfig, apply_overrides(tdict, train_sets), "train"))
+    check_config(cls, cfg)
     data = data or "mnist"
     out = Path(out) if out is not None else Path("runs") / cls.name
+    with ExitStack() as hold:
+        if rank == 0:
+            hold.enter_context(run_lock(out))
+            check_run_folder(out, resume, overwrite)
+            stale = remove_stale_temps(out)
+            if stale:
+                note(f"gmkit: removed {stale} temporary file(s) an interrupted process left in {out}", quiet)
+        if resume_state is not None:
+            note(f"gmkit: resuming {resume} from step {int(resume_state[1].get('gmkit.step', 0)):,} "
+                 f"(to step {tcfg.steps:,})", quiet or rank > 0)
+        data_opts = DataOptions(split=split or "train", image_size=image_size, columns=dict(columns or {}),
+                                stream=stream, random_flip=random_flip, random_crop=random_crop,
+                                on_bad_image=on_bad_image, workers=workers, progress=not quiet and rank == 0)
+        return _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image_size, conditional,
+                      given_options, resume, resume_state, recipe_prev, sets, command, quiet, log_with,
+                      dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
 
-    data_opts = DataOptions(split=split or "train", image_size=image_size, columns=dict(columns or {}), stream=stream,
-                            random_flip=random_flip, random_crop=random_crop, on_bad_image=on_bad_image,
-                            workers=workers, progress=not quiet and rank == 0)
+
+def _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image_size, conditional, given_options,
+           resume, resume_state, recipe_prev, sets, command, quiet, log_with, flags) -> dict:
+    """The run itself, under the run folder's lock: data, the model (a fresh one checked on the meta
+    device first), the recipe, the loop."""
+    import torch
+
+    from .data.core import load
+    from .families.base import DataInfo, TrainSetup
+    from .guards import dry_build
+    from .loop import train as run_loop
+
     ds = load(data, data_opts)
     setup_recipe: dict = {}
     if resume_state is None:
+        # The network this config makes, on the meta device first: no --set can allocate gigabytes.
+        dry_build(cls, cls.fit_config(cfg, DataInfo.of(ds), conditional), "the model config")
         setup = TrainSetup(out=out, seed=tcfg.seed, device=dev, data_spec=data, conditional=conditional,
                            options=given_options, quiet=quiet or rank > 0)
         net, setup_recipe = cls.build_for_training(cfg, ds, setup)
@@ -149,15 +180,18 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
         if tuple(ds.image_shape) != tuple(net.image_shape):
             raise OptionError("resume", f"the data gives images of shape {tuple(ds.image_shape)}, "
                                         f"the run was trained on {tuple(net.image_shape)}")
+    steps, batch_size, lr, seed = flags["steps"], flags["batch_size"], flags["lr"], flags["seed"]
     recipe = {"command": command or _call_text(family, data=data, out=str(out), steps=steps, batch_size=batch_size,
                                                lr=lr, image_size=image_size, seed=seed, conditional=conditional,
                                                resume=str(resume) if resume else None, overrides=sets, **given_options),
               "data": data, "data_note": ds.note, "image_size": image_size, "train_images": ds.count, "world_size": world,
-              "data_options": {"split": data_opts.split, "columns": data_opts.columns, "stream": stream,
-                               "random_flip": random_flip, "random_crop": random_crop},
+              "data_options": {"split": data_opts.split, "columns": data_opts.columns, "stream": data_opts.stream,
+                               "random_flip": data_opts.random_flip, "random_crop": data_opts.random_crop},
               "device": str(dev), "torch": torch.__version__, "params": sum(p.numel() for p in net.parameters()),
               # Where the log is: compare reads training stability from it (never by re-parsing the command).
-              "run_folder": str(out.resolve()), **setup_recipe, "family_setup": sorted(setup_recipe)}
+              "run_folder": str(out.resolve()), **setup_recipe, "family_setup": sorted(setup_recipe),
+              # What an input image is compared with (an out-of-distribution note in sample / encode).
+              "data_stats": pixel_stats(ds.images(4096))}
     if ds.note.startswith("OpenMoji"):
         from .data.captioned import OPENMOJI_LICENSE
 
@@ -168,7 +202,7 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
         note(f"gmkit: training {cls.name} ({recipe['params'] / 1e6:.2f}M parameters) on {data} "
              f"({ds.count if ds.count is not None else 'a stream of'} images {tuple(ds.image_shape)}) on {dev}, "
              f"{world} process(es) -> {out}", quiet)
-    summary = run_loop(net, ds, out, tcfg, dev, recipe, resume_state, quiet, workers, log_with)
+    summary = run_loop(net, ds, out, tcfg, dev, recipe, resume_state, quiet, data_opts.workers, log_with)
     summary["model"] = str(out / "model.safetensors")
     if rank == 0:
         note(f"gmkit: done: step {summary['step']}, {summary['it_s']} it/s; model in {summary['model']}", quiet)
@@ -178,6 +212,12 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
         dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
     return summary
+
+
+def pixel_stats(images) -> list[float]:
+    """Mean and standard deviation of (up to 4096) training images' pixels, in [0, 1]."""
+    x = (images.float() + 1) / 2
+    return [round(float(x.mean()), 4), round(float(x.std()), 4)]
 
 
 def _base_config(cls, config) -> dict:

@@ -44,8 +44,16 @@ def run_app(app: typer.Typer) -> None:
     except ImportError:  # pragma: no cover - older Typer
         import click
 
+    import signal
+
     from ..errors import GmkitError
 
+    # SIGTERM as Ctrl-C: every command then unwinds, so atomic writes remove their temporary files and
+    # training saves a checkpoint; the exit code is 130 either way.
+    try:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        pass
     try:
         code = app(standalone_mode=False)  # click returns (not raises) an Exit's code in this mode
         if isinstance(code, int) and code:
@@ -68,11 +76,27 @@ def run_app(app: typer.Typer) -> None:
         where = f" (see {path} --help)"
         print(f"gmkit: error: {e.format_message()}{where}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except MemoryError:
+        if STATE.debug:
+            raise
+        print("gmkit: error: out of memory; try a smaller --batch-size or -n", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:  # unexpected failures
         if STATE.debug:
             raise
+        if _out_of_memory(e):
+            print(f"gmkit: error: out of memory ({str(e).splitlines()[0][:120]}); try a smaller --batch-size or -n",
+                  file=sys.stderr)
+            sys.exit(2)
         print(f"gmkit: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def _out_of_memory(e: Exception) -> bool:
+    """torch's allocation failures (CPU: "can't allocate memory"; CUDA: OutOfMemoryError)."""
+    text = str(e)
+    return type(e).__name__ == "OutOfMemoryError" or isinstance(e, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def positive(name: str, value: int | None) -> None:

@@ -96,7 +96,9 @@ def bench_cmd(
     if out is not None:
         import json
 
-        (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        from ..checkpoint import write_text
+
+        write_text(out / "results.json", json.dumps(result, indent=2, default=str) + "\n")
         plot_sweep(rows, out / "plot.png")
         output.message(f"gmkit: wrote {out / 'results.json'} and {out / 'plot.png'}")
     output.result(result)

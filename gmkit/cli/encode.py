@@ -17,13 +17,15 @@ from ._common import DEVICE_HELP, REVISION_HELP, TOKEN_HELP, resolve_device
 from .output import Output
 
 
-def gather_images(inputs: list[str], channels: int, size: int):
-    """Image files, folders of them (sorted, recursive) or ``-`` (one image on stdin) as (N, C, H, W)."""
+def gather_images(inputs: list[str], channels: int, size: int, meta: dict | None = None, quiet: bool = False):
+    """Image files, folders of them (sorted, recursive) or ``-`` (one image on stdin) as (N, C, H, W);
+    resizing and images far from the model's training data (``meta``: its checkpoint's) said once."""
     import torch
 
     from ..data.core import list_images
     from ..errors import GmkitError
-    from ..imageio import load_image_file
+    from ..imageio import data_stats, distance_note, pil_tensor, read_image
+    from ..progress import note
 
     paths: list[str] = []
     for item in inputs:
@@ -41,7 +43,20 @@ def gather_images(inputs: list[str], channels: int, size: int):
             raise GmkitError(f"{item}: no such file or folder")
     if not paths:
         raise GmkitError("no input images given")
-    return torch.cat([load_image_file(p, channels, size) for p in paths]), paths
+    stats, xs, resized, far, cropped = data_stats(meta), [], [], [], False
+    for path in paths:
+        im = read_image(path)
+        if im.size != (size, size):
+            resized.append(f"{path} ({im.width}x{im.height})")
+            cropped = cropped or im.width != im.height
+        far += [text for text in [distance_note(path, im, channels, (size, size), stats)] if text]
+        xs.append(pil_tensor(im, channels, size))
+    if resized:
+        note(f"gmkit: {resized[0] if len(resized) == 1 else f'{len(resized)} images, e.g. {resized[0]},'} "
+             f"{'centre-cropped and ' if cropped else ''}resized to {size}x{size} for this model", quiet)
+    if far:
+        note(f"gmkit: {far[0]}" + (f" (and {len(far) - 1} more such images)" if len(far) > 1 else ""), quiet)
+    return torch.cat(xs), paths
 
 
 def encode_cmd(
@@ -64,8 +79,8 @@ def encode_cmd(
 
     from ..checkpoint import save_tensors
     from ..errors import GmkitError
-    from ..imageio import check_writable
     from ..latents import model_id
+    from ..outputs import check_output
     from ..model import load
     from ..options import EncodeOptions
     from .output import refuse_terminal
@@ -75,12 +90,12 @@ def encode_cmd(
         raise GmkitError(f"--out {out}: encode writes .safetensors (or - for stdout)")
     if json_out and out == "-":
         raise GmkitError("--json and --out - both want stdout; give --out FILE.safetensors")
-    check_writable(out)
+    check_output(out, inputs=(model, *inputs))
     if out == "-":
         refuse_terminal("--out -")
     m = load(model, resolve_device(device), revision=revision, token=token)
     c, h, _ = m.image_shape
-    x, paths = gather_images(inputs, c, h)
+    x, paths = gather_images(inputs, c, h, m.resolved.meta, quiet)
     latents = m.encode(x, **opts.as_kwargs())  # codes and labels stay integers
     meta = {"gmkit.kind": "latents", "gmkit.model": model, "gmkit.family": m.family,
             "gmkit.image_shape": json.dumps(list(m.image_shape)), "gmkit.options": json.dumps(opts.as_kwargs()),

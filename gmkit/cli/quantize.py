@@ -15,6 +15,11 @@ import typer
 from ._common import positive
 from .output import Output
 
+# quantize holds its vectors in memory, with about four working copies (k-means residuals, assignment,
+# reconstruction): a 256 MiB input peaked at 1.4 GB RSS (README "Errors and safety"). Inputs beyond this
+# are refused in one line rather than exhausting memory.
+MAX_INPUT_BYTES = 512 << 20
+
 
 def quantize_cmd(
     source: str = typer.Argument(..., help="A .safetensors tensor file (encode's output, images, any (N, D) or (N, C, H, W) tensor), or - for stdin."),
@@ -47,7 +52,7 @@ def quantize_cmd(
         raise GmkitError("--json and --out - both want stdout; give --out FILE.safetensors")
     if apply is not None and apply == "-" and source == "-":
         raise GmkitError("the input and --apply cannot both be stdin")
-    check_out(out)
+    check_out(out, inputs=(source, apply))
 
     import torch
 
@@ -73,7 +78,7 @@ def _run(source, apply, codebook, levels, iters, seed, patch, key, out) -> dict:
     if apply is not None:
         cb_tensors, cb_meta = read_tensor_file(apply, "--apply")
         cb = read_codebook(cb_tensors, cb_meta, f"--apply {apply}")
-    tensors, meta = read_tensor_file(source, "input")
+    tensors, meta = read_tensor_file(source, "input", max_bytes=MAX_INPUT_BYTES)
     where = "stdin" if source == "-" else source
     result, qmeta, report = quantize_file(tensors, meta, where, num_codes=codebook, codebook=cb, levels=levels,
                                           iters=iters, seed=seed, patch=patch, key=key)

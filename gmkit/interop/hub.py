@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import GmkitError
+from ..names import check_hub_id
 
 _NAME = r"[A-Za-z0-9][\w.-]*/[\w.-]+"
 # A revision is one path segment, or a ref with slashes (refs/pr/N, refs/heads/x, refs/tags/x, refs/convert/x).
@@ -54,6 +55,7 @@ def parse_hub_id(text: str, revision: str | None = None) -> HubId | None:
     if revision is not None and m["rev"] and m["rev"] != revision:
         raise GmkitError(f"{text}: names revision {m['rev']!r} but --revision says {revision!r}; give one")
     sub = (m["sub"] or "").strip("/") or None
+    check_hub_id(m["repo"], revision or m["rev"], sub)  # malformed ids: one line, before any network call
     return HubId(m["repo"], revision or m["rev"], sub)
 
 
