@@ -226,9 +226,9 @@ def test_odd_images_are_read_right(tmp_path):
 
 
 def test_non_finite_output_is_refused_not_a_black_image(tiny_run, tmp_path, monkeypatch):
-    from gmkit.families.diffusion import Diffusion
+    from gmkit.families.ddpm import DDPM
 
-    monkeypatch.setattr(Diffusion, "sample", lambda self, gens, **k: torch.full((len(gens), 1, 8, 8), float("nan")))
+    monkeypatch.setattr(DDPM, "sample", lambda self, gens, **k: torch.full((len(gens), 1, 8, 8), float("nan")))
     r = run_cli("sample", str(tiny_run), "-n", "2", "--steps", "2", "--out", str(tmp_path / "o.png"))
     assert r.code == 2 and "NaN" in r.err and not (tmp_path / "o.png").exists()
 
