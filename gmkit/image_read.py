@@ -18,7 +18,11 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 class BadImage(GmkitError):
-    """An image that cannot be used; the message names it and says why."""
+    """An image that cannot be used; the message names it and says why (``reason`` alone: why)."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        super().__init__(f"{name}: {reason}")
 
 
 def read_image(source, notes: set | None = None, draft: tuple[str, tuple[int, int]] | None = None):
@@ -59,9 +63,9 @@ def _read_image(source, notes: set, draft):
             im = opened = Image.open(source)
         w, h = im.size
         if w * h > MAX_PIXELS:
-            raise BadImage(f"{name}: {w}x{h} pixels is over the limit of {MAX_PIXELS:,} (a decompression bomb?)")
+            raise BadImage(name, f"{w}x{h} pixels is over the limit of {MAX_PIXELS:,} (a decompression bomb?)")
         if w == 0 or h == 0:
-            raise BadImage(f"{name}: the image is empty ({w}x{h})")
+            raise BadImage(name, f"the image is empty ({w}x{h})")
         if getattr(im, "n_frames", 1) > 1:
             notes.add("animated (first frame)")
             im.seek(0)
@@ -85,13 +89,13 @@ def _read_image(source, notes: set, draft):
             im = im.convert("L" if grey else "RGB")
         return im.convert("L" if im.mode in _GREY_MODES else "RGB")
     except FileNotFoundError:
-        raise BadImage(f"{name}: no such image") from None
+        raise BadImage(name, "no such image") from None
     except IsADirectoryError:
-        raise BadImage(f"{name}: is a folder, not an image") from None
+        raise BadImage(name, "is a folder, not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImage(f"{name}: over Pillow's pixel limit (a decompression bomb?)") from None
+        raise BadImage(name, "over Pillow's pixel limit (a decompression bomb?)") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
-        raise BadImage(f"{name}: cannot read image ({e or type(e).__name__})") from None
+        raise BadImage(name, f"cannot read image ({e or type(e).__name__})") from None
     finally:
         if opened is not None:
             opened.close()

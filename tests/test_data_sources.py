@@ -163,9 +163,9 @@ def _bad_folder(tmp_path: Path) -> Path:
 
 
 def test_odd_images_are_converted_and_bad_ones_named(tmp_path, monkeypatch, capsys):
-    from gmkit.data import decode
+    from gmkit import image_read
 
-    monkeypatch.setattr(decode, "MAX_PIXELS", 1000)  # big.png (1,600 pixels) now counts as a decompression bomb
+    monkeypatch.setattr(image_read, "MAX_PIXELS", 1000)  # big.png (1,600 pixels) now counts as a decompression bomb
     root = _bad_folder(tmp_path)
     data = load_data(str(root), image_size=8, channels=3)
     err = capsys.readouterr().err
