@@ -176,7 +176,7 @@ def test_cyclegan_cycle_loss_falls():
 @pytest.mark.parametrize("family", ["pix2pix", "cyclegan"])
 def test_resume_is_exact(pair_dirs, tmp_path, family):
     from gmkit.checkpoint import load_tensors
-    from gmkit.train import state_digest
+    from gmkit.loop import state_digest
 
     data = ["--data", f"{pair_dirs / 'lines'}:{pair_dirs / 'colour'}"] if family == "pix2pix" else \
         ["--data", str(pair_dirs / "lines"), "--data-b", str(pair_dirs / "colour")]
