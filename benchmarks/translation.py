@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from gmkit.data.captioned import emoji_name
 from gmkit.data.core import cache_dir
 from gmkit.data.paired import _split_mask, load_pairs, render_openmoji_pairs
-from gmkit.imageio import _pil, make_grid
+from gmkit.imageio import make_grid, to_pil
 from gmkit.metrics.distances import frechet_distance
 from gmkit.metrics.restoration import psnr, ssim
 from gmkit.metrics.text_image import load_scorer
@@ -149,7 +149,7 @@ def main() -> None:
         pick = torch.linspace(0, len(target) - 1, k).long()
         rows = [lines[pick]] + [outputs[m][pick] for m in outputs if m != "identity"] + [target[pick]]
         Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
-        _pil(make_grid(torch.cat(rows), nrow=k)).save(args.grid)
+        to_pil(make_grid(torch.cat(rows), nrow=k)).save(args.grid)
         print("grid rows: line art, " + ", ".join(m for m in outputs if m != "identity") + ", true colour")
 
 
