@@ -234,3 +234,28 @@ def test_cyclegan_samples_both_directions(pair_dirs, tmp_path):
     assert Image.open(tmp_path / "a.png").mode == "L"  # domain A is grey
     r = run_cli("sample", str(out), "--image", str(src), "--direction", "sideways", "--out", str(tmp_path / "b.png"))
     assert r.code == 2 and "a2b or b2a" in r.err
+
+
+# -- the bundled default ------------------------------------------------------------------------
+
+def test_bundled_pix2pix_colours_held_out_line_art():
+    pytest.importorskip("resvg_py")
+    import gmkit
+    from gmkit.data.captioned import _openmoji_root
+    from gmkit.data.paired import _render, line_art_svg, openmoji_pair_stems
+
+    held_out = openmoji_pair_stems()[9::20]  # half of openmoji-lines:test (89 emoji), never trained on
+    texts = [(_openmoji_root() / "svg" / f"{s}.svg").read_text() for s in held_out]
+    line = torch.tensor(np.stack([_render(line_art_svg(t), 64) for t in texts])).float() / 127.5 - 1
+    colour = torch.tensor(np.stack([_render(t, 64) for t in texts])).float() / 127.5 - 1
+    model = gmkit.load("pix2pix", device="cpu")
+    out = model.net.translate(line)
+
+    def chroma(x):  # per pixel: how far from grey
+        return x.max(1).values - x.min(1).values
+
+    # Closer to the true colour emoji than the line drawing is, in pixels and in where the colour lies.
+    assert (out - colour).abs().mean() < 0.9 * (line - colour).abs().mean()
+    assert (chroma(out) - chroma(colour)).abs().mean() < 0.9 * (chroma(line) - chroma(colour)).abs().mean()
+    wide = model.net.translate(torch.nn.functional.interpolate(line[:1], size=(64, 96)))  # another size it takes
+    assert wide.shape == (1, 3, 64, 96)

