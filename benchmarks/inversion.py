@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--encoder-steps", type=int, default=2000)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    x = load_data("mnist", "test").images[:args.n]
+    x = load_data("mnist", "test").images(args.n)
     rows = []
 
     vae, _ = load("vae")

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from gmkit.data.captioned import emoji_name
-from gmkit.data.core import cache_dir
-from gmkit.data.paired import _split_mask, load_pairs, render_openmoji_pairs
+from gmkit.data import DataOptions
+from gmkit.data.paired import _split_mask, load_pairs, openmoji_pair_stems
 from gmkit.imageio import make_grid, to_pil
 from gmkit.metrics.distances import frechet_distance
 from gmkit.metrics.restoration import psnr, ssim
@@ -102,11 +102,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_grad_enabled(False)
 
-    held = load_pairs("openmoji-lines:test", image_size=args.image_size)
-    lines, target = held.extras["source"][:args.n], held.images[:args.n]
-    _, _, stems = render_openmoji_pairs(args.image_size, cache_dir())
+    held = load_pairs("openmoji-lines:test", DataOptions(image_size=args.image_size)).tensors()
+    lines, target = held["source"][:args.n], held["image"][:args.n]
+    stems = openmoji_pair_stems()
     names = [emoji_name(s) for s, k in zip(stems, _split_mask(len(stems), "test")) if k][:args.n]
-    train_colour = load_pairs("openmoji-lines:train", image_size=args.image_size).images[:len(target)]
+    train_colour = load_pairs("openmoji-lines:train", DataOptions(image_size=args.image_size)).images(len(target))
     scorer = load_scorer()
     target_feats = tis_features(scorer, target)
     results = {"data": "openmoji-lines:test", "pairs": len(target), "image_size": args.image_size,

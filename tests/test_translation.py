@@ -83,10 +83,11 @@ def test_openmoji_line_art_is_aligned_with_the_colour_emoji():
 def test_folder_pairs_match_by_name_and_jitter_keeps_pairs_aligned(pair_dirs):
     from gmkit.data.paired import jitter_and_flip, load_pairs
 
-    d = load_pairs(f"{pair_dirs / 'lines'}:{pair_dirs / 'colour'}")
-    assert d.images.shape == (12, 3, 16, 16) and d.extras["source"].shape == (12, 1, 16, 16)
-    _, colour = _shape_pair(3)
-    assert torch.allclose(d.images[3], torch.from_numpy(colour).permute(2, 0, 1).float() / 127.5 - 1)
+    d = load_pairs(f"{pair_dirs / 'lines'}:{pair_dirs / 'colour'}").tensors()
+    assert d["image"].shape == (12, 3, 16, 16) and d["source"].shape == (12, 1, 16, 16)
+    line, colour = _shape_pair(3)
+    assert torch.equal(d["source"][3, 0], torch.from_numpy(line).float() / 127.5 - 1)
+    assert torch.allclose(d["image"][3], torch.from_numpy(colour).permute(2, 0, 1).float() / 127.5 - 1)
     x = torch.randn(6, 3, 16, 16)
     torch.manual_seed(0)
     a, b = jitter_and_flip([x, x.clone()], 4, True)
@@ -94,6 +95,7 @@ def test_folder_pairs_match_by_name_and_jitter_keeps_pairs_aligned(pair_dirs):
 
 
 def test_metadata_pairs_and_unpaired_domains(pair_dirs, tmp_path):
+    from gmkit.data import DataOptions
     from gmkit.data.paired import load_domain, load_pairs, load_unpaired
 
     rows = [{"source": f"lines/{i:02d}.png", "target": f"colour/{i:02d}.png"} for i in range(1, 6)]
@@ -102,20 +104,21 @@ def test_metadata_pairs_and_unpaired_domains(pair_dirs, tmp_path):
         d = load_pairs(str(pair_dirs))
     finally:
         (pair_dirs / "metadata.jsonl").unlink()
-    assert len(d) == 5 and d.extras["source"].shape[1] == 1
+    assert len(d) == 5 and d.shapes["source"][0] == 1
     few = tmp_path / "few"
     few.mkdir()
     for i in range(5):
         Image.fromarray(_shape_pair(i, 32)[1]).save(few / f"{i}.png")
-    u = load_unpaired(str(pair_dirs / "lines"), str(few))
-    assert u.images.shape == (12, 3, 16, 16) and u.extras["source"].shape == (12, 1, 16, 16)  # B brought to A's size
+    u = load_unpaired(str(pair_dirs / "lines"), str(few)).tensors()
+    assert u["image"].shape == (12, 3, 16, 16) and u["source"].shape == (12, 1, 16, 16)  # B brought to A's size
     def rows(x):
         return sorted(v.numpy().tobytes() for v in x)
 
-    assert rows(u.extras["source"]) == rows(load_domain(str(pair_dirs / "lines"), "train", None, "skip"))  # each once
-    b = rows(load_domain(str(few), "train", 16, "skip"))
+    lines = load_domain(str(pair_dirs / "lines"), DataOptions())[0].images()
+    assert rows(u["source"]) == rows(lines)  # the larger domain: each image once
+    b = rows(load_domain(str(few), DataOptions(image_size=16))[0].images())
     assert len(b) == 5
-    assert sorted(set(rows(u.images))) == sorted(set(b)) and len(rows(u.images)) == 12  # the smaller one repeated
+    assert sorted(set(rows(u["image"]))) == sorted(set(b)) and len(rows(u["image"])) == 12  # the smaller one repeated
 
 
 @pytest.mark.parametrize("case", ["missing", "shapes", "metadata", "data_b", "no_b", "channels"])

