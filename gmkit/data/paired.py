@@ -209,6 +209,8 @@ def _metadata_pairs(root: Path):
             raise GmkitError(f"{meta}:{i}: expected a JSON object with source and target file names") from None
         paths = (root / str(src), root / str(tgt))
         for p in paths:
+            if root.resolve() not in p.resolve().parents:
+                raise GmkitError(f"{meta}:{i}: {p} is outside {root}; name files inside the folder")
             if not p.is_file():
                 raise GmkitError(f"{meta}:{i}: {p} does not exist")
         pairs.append(paths)
