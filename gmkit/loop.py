@@ -123,6 +123,7 @@ def save_run(out: Path, model: Family, ema: EMA, opts: dict, step: int, tcfg: Tr
         t, m = _optim_tensors(name, opt)
         tensors.update(t)
         meta.update(m)
+    tensors.update({f"extra.{k}": v for k, v in model.training_state().items()})
     tensors["rng.torch"] = torch.get_rng_state()
     for r, state in enumerate(rank_rngs or []):
         if r > 0:  # DDP: every rank draws its own noise (rank 0's is rng.torch)
@@ -188,6 +189,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
         ema.shadow = {k[4:]: v.clone().float() for k, v in tensors.items() if k.startswith("ema.")}
         for name, opt in opts.items():
             _load_optim(name, opt, tensors, meta)
+        model.load_training_state({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("extra.")})
         step = int(meta["gmkit.step"])
         torch.set_rng_state(tensors.get(f"rng.torch.{rank}", tensors["rng.torch"]))
         if "rng.cuda" in tensors and device.type == "cuda":

@@ -119,7 +119,8 @@ class Model:
         if "image" in options and not torch.is_tensor(options["image"]):
             from .imageio import data_stats, load_input_image, load_mask
 
-            x, original = load_input_image(options["image"], self.image_shape[0], self.net.input_size, quiet=True,
+            channels = self.net.input_channels(options.get("direction"))
+            x, original = load_input_image(options["image"], channels, self.net.input_size, quiet=True,
                                            stats=data_stats(self.resolved.meta))
             options["image"] = x
             if options.get("mask") is not None and not torch.is_tensor(options["mask"]):

@@ -89,6 +89,7 @@ class SampleOptions:
     strength: float | None = None  # img2img: 0 (returns the image) .. 1 (ignores it)
     resample: int | None = None  # inpainting: RePaint resamplings per jump (>= 1)
     jump: int | None = None  # inpainting: RePaint jump length (>= 1)
+    direction: str | None = None  # cyclegan: translate image a2b or b2a
     height: int | None = None  # text-to-image: image height in pixels (a multiple of 8; the family checks its own factor)
     width: int | None = None  # text-to-image: image width in pixels
 
@@ -133,6 +134,8 @@ class SampleOptions:
             v = getattr(self, name)
             if v is not None and (_finite(name, v) <= 0 if positive else _finite(name, v) < 0):
                 raise OptionError(name, f"must be {'> 0' if positive else '>= 0'}, got {v}")
+        if self.direction is not None and self.direction not in ("a2b", "b2a"):
+            raise OptionError("direction", f"must be a2b or b2a, got {self.direction!r}")
         for name in ("sampler", "schedule", "negative_prompt"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):

@@ -135,7 +135,9 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     # One check of the loop's settings, whatever route set them: flags, --set train.*, a resumed run.
     tcfg = check_train_config(from_dict(TrainConfig, apply_overrides(tdict, train_sets), "train"))
     check_config(cls, cfg)
-    data = data or "mnist"
+    if resume_state is not None and recipe_prev.get("data_b"):  # the second domain of unpaired data
+        given_options.setdefault("data_b", recipe_prev["data_b"])
+    data = data or cls.default_data
     out = Path(out) if out is not None else Path("runs") / cls.name
     with ExitStack() as hold:
         if rank == 0:
@@ -166,7 +168,7 @@ def _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image
     from .guards import dry_build
     from .loop import train as run_loop
 
-    ds = load(data, data_opts)
+    ds = cls.load_training_data(data, data_opts, given_options)
     setup_recipe: dict = {}
     if resume_state is None:
         # The network this config makes, on the meta device first: no --set can allocate gigabytes.
@@ -184,7 +186,8 @@ def _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image
     recipe = {"command": command or _call_text(family, data=data, out=str(out), steps=steps, batch_size=batch_size,
                                                lr=lr, image_size=image_size, seed=seed, conditional=conditional,
                                                resume=str(resume) if resume else None, overrides=sets, **given_options),
-              "data": data, "data_note": ds.note, "image_size": image_size, "train_images": ds.count, "world_size": world,
+              "data": data, **({"data_b": given_options["data_b"]} if given_options.get("data_b") else {}),
+              "data_note": ds.note, "image_size": image_size, "train_images": ds.count, "world_size": world,
               "data_options": {"split": data_opts.split, "columns": data_opts.columns, "stream": data_opts.stream,
                                "random_flip": data_opts.random_flip, "random_crop": data_opts.random_crop},
               "device": str(dev), "torch": torch.__version__, "params": sum(p.numel() for p in net.parameters()),

@@ -30,7 +30,8 @@ def sample_cmd(
     truncation: Optional[float] = typer.Option(None, "--truncation", help="GAN truncation trick: redraw latent components with |z| > T (e.g. 0.7)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", show_default="1", help="Flow sampling temperature: latents ~ N(0, T^2) (e.g. 0.7)."),
     init: Optional[str] = typer.Option(None, "--init", help="Starting noise: a .safetensors file (N, C, H, W) as encode writes it, or -."),
-    image: Optional[str] = typer.Option(None, "--image", help="Edit this image (any Pillow format, - = stdin): img2img with --strength, inpainting with --mask; sr upsamples it."),
+    image: Optional[str] = typer.Option(None, "--image", help="Edit this image (any Pillow format, - = stdin): img2img with --strength, inpainting with --mask; sr upsamples it; pix2pix and cyclegan translate it."),
+    direction: Optional[str] = typer.Option(None, "--direction", show_default="a2b", help="cyclegan: which way to translate --image, a2b or b2a."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask for --image: white = generate, black = keep (RePaint; a masked denoiser for euler, heun, dpm++2m)."),
     strength: Optional[float] = typer.Option(None, "--strength", show_default="0.6; 1 with --mask", help="img2img: how far to noise --image, 0 (returns it) .. 1 (ignores it)."),
     resample: Optional[int] = typer.Option(None, "--resample", show_default="5", help="Inpainting: RePaint resamplings per jump (more blends better, costs more)."),
@@ -65,7 +66,7 @@ def sample_cmd(
     given = {"sampler": sampler, "steps": steps, "eta": eta, "class_label": class_label, "guidance": guidance,
              "truncation": truncation, "temperature": temperature, "schedule": schedule, "snr": snr,
              "negative_prompt": negative_prompt, "strength": strength, "resample": resample, "jump": jump,
-             "height": height, "width": width}
+             "height": height, "width": width, "direction": direction}
     # Ranges and combinations first, before anything is loaded (files stand in for their tensors).
     SampleOptions(**given, prompt=prompt, image=image, mask=mask, init=init).check()
     readers = [name for name, v in (("--image", image), ("--mask", mask), ("--prompt", prompt), ("--init", init)) if v == "-"]
@@ -87,8 +88,8 @@ def sample_cmd(
     if prompt is not None:
         net.check_options({"prompt": prompt})
     prompts = read_prompts(prompt, net, quiet) if prompt is not None else None
-    net.check_options({"image": image, "mask": mask, "init": init})
-    image_x, mask_x = read_edit_inputs(image, mask, net, quiet, m.resolved.meta) if image is not None else (None, None)
+    net.check_options({"image": image, "mask": mask, "init": init, "direction": direction})
+    image_x, mask_x = read_edit_inputs(image, mask, net, quiet, m.resolved.meta, direction) if image is not None else (None, None)
     n, opts = m.prepare(num_images, **given, prompt=prompts, image=image_x, mask=mask_x,
                         init=read_init(init) if init is not None else None)
     seeds_check(seed, n)
@@ -199,12 +200,12 @@ def read_prompts(prompt: str, net, quiet: bool) -> list[str]:
     return prompts
 
 
-def read_edit_inputs(image: str, mask: str | None, net, quiet: bool, meta: dict | None = None):
+def read_edit_inputs(image: str, mask: str | None, net, quiet: bool, meta: dict | None = None, direction: str | None = None):
     """--image (resized to what the model takes, said so; a note if it is far from the model's data) and
     --mask (resized to the image, thresholded)."""
     from ..imageio import data_stats, load_input_image, load_mask
 
-    x, original = load_input_image(image, net.image_shape[0], net.input_size, quiet, data_stats(meta))
+    x, original = load_input_image(image, net.input_channels(direction), net.input_size, quiet, data_stats(meta))
     m = load_mask(mask, original, tuple(x.shape[-2:]), quiet) if mask is not None else None
     return x, m
 

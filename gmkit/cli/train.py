@@ -15,8 +15,9 @@ _T = {"steps": 10000, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 1000}  #
 
 
 def train_cmd(
-    model: str = typer.Argument(..., help="Family to train: ddpm (ddim is the same network), ldm, autoencoder, vae, vqvae, augvae, gan, flow, score, sr."),
-    data: Optional[str] = typer.Option(None, "--data", show_default="mnist", help="mnist, digits, openmoji, mnist-captions (NAME:all / NAME:test pick a split), a folder of images (subfolders = classes; train/ test/ = splits; metadata.jsonl = captions), tar shards, or a Hugging Face dataset (org/name, or a save_to_disk folder)."),
+    model: str = typer.Argument(..., help="Family to train: ddpm (ddim is the same network), ldm, autoencoder, vae, vqvae, augvae, gan, flow, score, sr, pix2pix, cyclegan."),
+    data: Optional[str] = typer.Option(None, "--data", show_default="mnist (pix2pix: openmoji-lines)", help="mnist, digits, openmoji, mnist-captions (NAME:all / NAME:test pick a split), a folder of images (subfolders = classes; train/ test/ = splits; metadata.jsonl = captions), tar shards, or a Hugging Face dataset (org/name, or a save_to_disk folder). pix2pix: openmoji-lines, SOURCES:TARGETS folders matched by file name, or a folder whose metadata.jsonl has source/target columns; cyclegan: domain A."),
+    data_b: Optional[str] = typer.Option(None, "--data-b", show_default="openmoji-colour with the default --data", help="cyclegan: domain B, anything --data takes."),
     split: Optional[str] = typer.Option(None, "--split", show_default="train", help="Data split to train on (DATA:SPLIT works too)."),
     image_column: Optional[str] = typer.Option(None, "--image-column", show_default="the first Image column", help="Hugging Face data: the image column."),
     label_column: Optional[str] = typer.Option(None, "--label-column", show_default="a ClassLabel column", help="Hugging Face data: the class label column."),
@@ -64,7 +65,7 @@ def train_cmd(
                                                                 ("caption", caption_column)) if v},
                         stream=stream, random_flip=random_flip, random_crop=random_crop, workers=workers,
                         preset=preset, grad_accum=grad_accum, log_with=log_with,
-                        sde=sde, scale=scale, autoencoder=autoencoder, ae_steps=ae_steps)
+                        sde=sde, scale=scale, autoencoder=autoencoder, ae_steps=ae_steps, data_b=data_b)
     except KeyboardInterrupt:  # the loop saved a checkpoint and said so
         raise typer.Exit(130) from None
     if dist_info()[0] == 0:

@@ -131,6 +131,8 @@ class Family(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     # Options of ``gmkit train`` / ``gmkit.train`` that only this family takes.
     train_options: ClassVar[dict[str, TrainOption]] = {}
+    # The data a run trains on when none is named.
+    default_data: ClassVar[str] = "mnist"
     # Whether train_step can split a batch into micro-batches (gradient accumulation, ``accum``).
     grad_accum_ok: ClassVar[bool] = True
 
@@ -178,6 +180,14 @@ class Family(nn.Module):
                 raise OptionError(key, f"applies to {who}; {cls.name} does not take it")
             cls.train_options[key].check(key, value)
         return options
+
+    @classmethod
+    def load_training_data(cls, spec: str, opts, options: dict[str, Any]):
+        """The training data (``gmkit.data.ImageData``) ``spec`` names, read with ``opts`` (``DataOptions``);
+        ``options`` are the family's ``train_options`` given. Translation families read image pairs here."""
+        from ..data.core import load
+
+        return load(spec, opts)
 
     @classmethod
     def build_for_training(cls, config, data, setup: TrainSetup) -> tuple["Family", dict]:
@@ -246,6 +256,14 @@ class Family(nn.Module):
                 total[k] = total.get(k, 0) + v.detach() / accum
         return total
 
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Tensors beyond the weights that an exact resume needs (e.g. CycleGAN's image pool); they go
+        to train_state.safetensors only, never to the model file."""
+        return {}
+
+    def load_training_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``training_state`` returned."""
+
     # -- shapes -------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -267,6 +285,10 @@ class Family(nn.Module):
     def num_classes(self) -> int:
         """Classes this model is conditioned on (0: unconditional)."""
         return 0
+
+    def input_channels(self, direction: str | None = None) -> int:
+        """Channels of the ``image`` a sample call takes (translation: the input domain's, per direction)."""
+        return self.image_shape[0]
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) an ``--image`` of this size is resized to: the model's resolution here;

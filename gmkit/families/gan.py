@@ -45,7 +45,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..diffusion.samplers import randn
 from ..errors import GmkitError, StopTraining
-from .base import CLASS_COND, SAMPLE, Family
+from .base import CLASS_COND, DECODE, ENCODE, SAMPLE, Family
+from .gan_inversion import Invertible, LatentEncoder, encoder_step
 
 LOSSES = ("hinge", "nonsaturating")
 G_NORMS = ("batch", "group", "none")
@@ -71,6 +72,7 @@ class GANConfig:
     collapse_threshold: float = 0.2  # diversity ratio below which a check counts as collapsed (0 = off)
     collapse_patience: int = 5  # consecutive collapsed checks that stop the run
     collapse_after: int = 1000  # no collapse verdict before this step (early generators are blurry)
+    encoder_channels: list[int] = field(default_factory=list)  # > 0 entries: an encoder E(G(z)) ~ z for inversion
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -176,10 +178,10 @@ def _broadcast_buffers(module: nn.Module) -> None:
         dist.broadcast(b, 0)
 
 
-class GAN(Family):
+class GAN(Invertible, Family):
     name = "gan"
     Config = GANConfig
-    capabilities = frozenset({SAMPLE, CLASS_COND})
+    capabilities = frozenset({SAMPLE, CLASS_COND, ENCODE, DECODE})
     sample_options = frozenset({"truncation", "class_label"})
     # DCGAN's recipe: Adam at 2e-4, no warm-up, no gradient clipping; EMA of the generator.
     train_defaults: ClassVar[dict] = {"lr": 2e-4, "warmup": 0, "grad_clip": 0.0, "ema_decay": 0.999}
@@ -202,6 +204,8 @@ class GAN(Family):
             raise GmkitError("latent_dim and r1_every must be >= 1; num_classes and r1_gamma >= 0")
         self.generator = Generator(c)
         self.discriminator = Discriminator(c)
+        self.encoder = LatentEncoder(c.in_channels, c.image_size, c.encoder_channels, c.latent_dim) \
+            if c.encoder_channels else None
         self._collapsed_checks = 0  # consecutive low-diversity checks (not saved: a resume starts afresh)
         self._diversity: float | None = None
 
@@ -209,16 +213,13 @@ class GAN(Family):
     def num_classes(self) -> int:
         return self.config.num_classes
 
-    def latent_description(self) -> dict:
-        d = self.config.latent_dim
-        return {"kind": "continuous", "shape": [d], "text": f"continuous: {d}-d generator input (no encoder)"}
-
     # -- training -----------------------------------------------------------------------------
     def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, self.config.beta2)
         return {"generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas, weight_decay=weight_decay),
                 "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas,
-                                                  weight_decay=weight_decay)}
+                                                  weight_decay=weight_decay),
+                **({"encoder": torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=betas)} if self.encoder else {})}
 
     def _labels(self, batch: dict) -> torch.Tensor | None:
         if not self.config.num_classes:
@@ -308,6 +309,10 @@ class GAN(Family):
                  "g_grad_norm": float(g_norm)}
         if c.r1_gamma > 0:
             stats["r1"] = float(r1.detach())
+        if self.encoder is not None:  # E learns to undo G on G's own samples (no real data needed)
+            _broadcast_buffers(G)
+            stats["encoder_loss"] = encoder_step(self.encoder, G, opts["encoder"], n, c.latent_dim, labels, real.device)
+            _broadcast_buffers(self.encoder)
         if c.diversity_every and (step + 1) % c.diversity_every == 0:
             self._check_diversity(real, step + 1)
         if self._diversity is not None:
