@@ -34,6 +34,16 @@ def clusters(n: int, k: int, dim: int, noise: float, seed: int) -> tuple[torch.T
     return centres[labels] + noise * torch.randn(n, dim, generator=g), centres
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vectors", type=int, default=100_000)
@@ -72,7 +82,7 @@ def main() -> None:
     result = {
         "data": {"vectors": args.vectors, "dim": args.dim, "clusters": args.clusters, "noise_std": 0.3,
                  "noise_floor_mse_per_dim": round(floor, 5)},
-        "hardware": {"cpu": platform.processor() or platform.machine(), "threads": 1},
+        "hardware": {"cpu": cpu_name(), "threads": 1},
         "versions": {"torch": torch.__version__, "sklearn": sklearn.__version__},
         "runs": rows,
         "median": med,

@@ -20,13 +20,15 @@ Tasks
                    time is scaled to 50 (every step costs one network call of the same shape).
 
 Configurations (each side at its default and at its best)
-    diffusers  eager    fp32 (CPU) / bf16 weights (GPU): what the docs' quick start runs
-               compiled torch.compile(unet), channels-last; on GPU with CUDA graphs (reduce-overhead)
-               compiled-bf16  (CPU with native bf16 only) the same under bf16 autocast
-    gmkit      eager    the default path (fp32 on CPU, bf16 weights on GPU)
-               fast     ``runtime.compile_networks`` + bf16 autocast where native: what
-                        ``gmkit train --compile --set train.cpu_amp=true`` and
-                        ``gmkit sample --compile --dtype bf16`` run
+    diffusers  eager          fp32 (CPU) / bf16 (GPU): what its quick start runs
+               compiled       torch.compile(unet), channels-last; on GPU, for sampling, with CUDA
+                              graphs (mode="reduce-overhead")
+               compiled-bf16  (CPUs with native bf16) compiled, in bf16: bf16 weights for sampling
+                              (``torch_dtype=torch.bfloat16``), bf16 autocast for training
+    gmkit      eager          its default path: fp32 on CPU, bf16 on GPU
+               fast           ``runtime.compile_networks`` and bf16 where native: what
+                              ``gmkit sample --compile --dtype bf16`` and
+                              ``gmkit train --compile --set train.cpu_amp=true`` run
 
 Run (CPU, one thread, in the background; ~30-60 minutes on a 2-core machine):
     OMP_NUM_THREADS=1 python benchmarks/vs_diffusers.py            # -> benchmarks/results/vs_diffusers_cpu.json
@@ -221,18 +223,25 @@ def diffusers_ddim_unit(unet, batch: int, steps: int, device, compiled: bool, dt
     return unit
 
 
-def sd15_units(batch: int, device) -> tuple[dict, dict]:
-    """One guided denoising step of an SD-1.5-sized UNet (GPU): diffusers vs gmkit, bf16 weights."""
+def sd_pair(cfg: dict, device, dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(diffusers ``UNet2DConditionModel``, gmkit ``UNet``) with the same random weights."""
     import diffusers
 
-    torch.manual_seed(0)
-    d = diffusers.UNet2DConditionModel(**SD15_UNET).to(device, torch.bfloat16).eval()
     from gmkit.nn.unet import UNet
 
-    g = UNet(unet2d_condition_config(SD15_UNET, "sd15")).to(device, torch.bfloat16).eval()
+    torch.manual_seed(0)
+    d = diffusers.UNet2DConditionModel(**cfg).to(device, dtype).eval()
+    g = UNet(unet2d_condition_config(cfg, "sd15")).to(device, dtype).eval()
     g.load_state_dict(renamed(d.state_dict(), ""), strict=True)
-    x = torch.randn(2 * batch, 4, 64, 64, device=device, dtype=torch.bfloat16)
-    ctx = torch.randn(2 * batch, 77, 768, device=device, dtype=torch.bfloat16)
+    return d, g
+
+
+def sd15_units(batch: int, device, cfg: dict = SD15_UNET) -> tuple[dict, dict]:
+    """One guided denoising step of an SD-1.5-sized UNet (GPU): diffusers vs gmkit, bf16 weights."""
+    d, g = sd_pair(cfg, device, torch.bfloat16)
+    s, ch, width = cfg["sample_size"], cfg["in_channels"], cfg["cross_attention_dim"]
+    x = torch.randn(2 * batch, ch, s, s, device=device, dtype=torch.bfloat16)
+    ctx = torch.randn(2 * batch, 77, width, device=device, dtype=torch.bfloat16)
     t = torch.full((2 * batch,), 500, device=device)
 
     def step(net, call):
@@ -287,7 +296,7 @@ def ratios(times: dict[str, dict]) -> dict:
     return out
 
 
-def run_task(workload: str, task: str, device, args) -> dict:
+def run_task(workload: str, task: str, device, args, gpu_batch: int = 0) -> dict:
     cuda = torch.device(device).type == "cuda"
     bf16_cpu = not cuda and runtime.native_bf16(device)
     fast_precision = "bf16" if (cuda or bf16_cpu) else "fp32"
@@ -302,7 +311,7 @@ def run_task(workload: str, task: str, device, args) -> dict:
         units["gmkit fast"] = gmkit_train_unit(model, batch, device, True, fast_precision)
         scale, what = 1, f"one training step at batch {batch}"
     else:
-        batch = {"ddpm-mnist": 16, "ddpm-cifar10": args.cifar_sample_batch}[workload] if not cuda else args.gpu_sample_batch
+        batch = {"ddpm-mnist": 16, "ddpm-cifar10": args.cifar_sample_batch}[workload] if not cuda else gpu_batch
         steps = args.cifar_steps if (workload == "ddpm-cifar10" and not cuda) else 50
         # Sampling in bf16 means bf16 weights on both sides (``gmkit sample --dtype bf16``;
         # diffusers' ``torch_dtype=torch.bfloat16``): no master weights to keep in fp32.
@@ -338,7 +347,7 @@ def main() -> None:
     ap.add_argument("--cifar-train-batch", type=int, default=8)
     ap.add_argument("--cifar-sample-batch", type=int, default=4)
     ap.add_argument("--cifar-steps", type=int, default=5)
-    ap.add_argument("--gpu-sample-batch", type=int, default=256)
+    ap.add_argument("--gpu-sample-batches", default="256,16", help="GPU: DDIM batch sizes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -363,8 +372,9 @@ def main() -> None:
                              "ratios": ratios(times)})
             continue
         for task in args.tasks.split(","):
-            rows.append(run_task(w, task, device, args))
-            print(json.dumps({k: rows[-1][k] for k in ("workload", "task", "ratios")}), file=sys.stderr, flush=True)
+            for b in ([int(v) for v in args.gpu_sample_batches.split(",")] if cuda and task == "ddim50" else [0]):
+                rows.append(run_task(w, task, device, args, b))
+                print(json.dumps({k: rows[-1][k] for k in ("workload", "task", "ratios")}), file=sys.stderr, flush=True)
     result = {"hardware": hardware(device), "load_average_before": load_before,
               "load_average_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
               "wall_s": round(time.perf_counter() - t0, 1), "rounds": args.rounds,
