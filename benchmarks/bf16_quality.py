@@ -28,9 +28,9 @@ from gmkit import runtime  # noqa: E402
 from gmkit.data import load_data  # noqa: E402
 from gmkit.metrics.distances import frechet_distance  # noqa: E402
 from gmkit.metrics.evaluate import evaluate  # noqa: E402
-from gmkit.metrics.extractor import extract, load_extractor  # noqa: E402
+from gmkit.metrics.mnist import extract, load_extractor  # noqa: E402
 from gmkit.registry import load  # noqa: E402
-from gmkit.train import batch_indices  # noqa: E402
+from gmkit.loop import batch_indices  # noqa: E402
 
 
 def sample(model, n: int, batch: int = 100) -> torch.Tensor:
