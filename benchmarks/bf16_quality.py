@@ -75,7 +75,7 @@ def training_check(steps: int, batch: int = 64) -> dict:
     for name, amp in (("fp32", False), ("bf16-autocast", True)):
         fresh, _ = load("ddpm", "cpu")
         torch.manual_seed(0)
-        model = Diffusion(fresh.config).train()  # same initial weights for both (seed 0)
+        model = Diffusion(fresh.config).to(memory_format=torch.channels_last).train()  # same initial weights (seed 0)
         opt = model.optimizers(1e-3, 0.0)
         torch.manual_seed(1)
         losses = []

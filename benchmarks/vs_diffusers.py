@@ -30,7 +30,8 @@ Configurations (each side at its default and at its best)
                               ``gmkit sample --compile --dtype bf16`` and
                               ``gmkit train --compile --set train.cpu_amp=true`` run
 
-Run (CPU, one thread, in the background; ~30-60 minutes on a 2-core machine):
+Run (CPU, one thread, in the background; about 2.5 hours on a busy 2-core machine, most of it
+torch.compile of the ten compiled configurations):
     OMP_NUM_THREADS=1 python benchmarks/vs_diffusers.py            # -> benchmarks/results/vs_diffusers_cpu.json
 On a GPU machine, one command (writes benchmarks/results/vs_diffusers_cuda.json):
     python benchmarks/vs_diffusers.py --device cuda
@@ -143,7 +144,8 @@ def measure(units: dict[str, Callable[[], None]], rounds: int, device) -> dict[s
 # -- units ------------------------------------------------------------------------------------------
 
 def gmkit_train_unit(model: Diffusion, batch: int, device, fast: bool, precision: str):
-    model = copy.deepcopy(model).train().requires_grad_(True)  # loaded for inference: frozen
+    # as the training loop holds it: channels-last, trainable (a loaded model is frozen for inference)
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last).train().requires_grad_(True)
     if fast:
         runtime.compile_networks(model, device, training=True)
     opts = model.optimizers(1e-4, 0.0)
@@ -326,6 +328,8 @@ def run_task(workload: str, task: str, device, args, gpu_batch: int = 0) -> dict
         units["gmkit fast"] = gmkit_ddim_unit(model, batch, steps, device, True, half if (cuda or bf16_cpu) else dt)
         scale = 50 / steps
         what = f"DDIM-50 at batch {batch}" + (f" (timed over {steps} steps, scaled x{scale:g})" if scale != 1 else "")
+    if args.configs:
+        units = {k: v for k, v in units.items() if k in args.configs.split(",")}
     print(f"{workload} {task}: {what}", file=sys.stderr, flush=True)
     times = measure(units, args.rounds, device)
     for v in times.values():
@@ -344,6 +348,7 @@ def main() -> None:
     ap.add_argument("--workloads", default=None, help="comma-separated: ddpm-mnist, ddpm-cifar10, sd15 (GPU)")
     ap.add_argument("--tasks", default="train,ddim50")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--configs", default=None, help="only these configurations, e.g. 'diffusers eager,gmkit eager'")
     ap.add_argument("--cifar-train-batch", type=int, default=8)
     ap.add_argument("--cifar-sample-batch", type=int, default=4)
     ap.add_argument("--cifar-steps", type=int, default=5)
