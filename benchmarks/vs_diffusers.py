@@ -57,7 +57,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gmkit import runtime  # noqa: E402
-from gmkit.families.diffusion import Diffusion, DiffusionConfig  # noqa: E402
+from gmkit.families.ddpm import DDPM, DDPMConfig  # noqa: E402
 from gmkit.interop.diffusers import renamed, unet2d_condition_config, unet2d_config  # noqa: E402
 from gmkit.registry import load  # noqa: E402
 
@@ -88,7 +88,7 @@ def diffusers_config_of(cfg) -> dict:
             "downsample_padding": cfg.downsample_padding}
 
 
-def pair(workload: str, device) -> tuple[Diffusion, torch.nn.Module, dict]:
+def pair(workload: str, device) -> tuple[DDPM, torch.nn.Module, dict]:
     """(gmkit model, diffusers UNet, facts) with the same weights, fp32, on ``device``."""
     import diffusers
 
@@ -100,7 +100,7 @@ def pair(workload: str, device) -> tuple[Diffusion, torch.nn.Module, dict]:
     elif workload == "ddpm-cifar10":
         torch.manual_seed(0)
         d = diffusers.UNet2DModel(**CIFAR10_UNET)
-        model = Diffusion(DiffusionConfig(unet=unet2d_config(CIFAR10_UNET, "cifar10"), clip_sample=True))
+        model = DDPM(DDPMConfig(unet=unet2d_config(CIFAR10_UNET, "cifar10"), clip_sample=True))
         model.load_state_dict(renamed(d.state_dict(), "unet."), strict=True)
     else:
         raise ValueError(workload)
@@ -143,7 +143,7 @@ def measure(units: dict[str, Callable[[], None]], rounds: int, device) -> dict[s
 
 # -- units ------------------------------------------------------------------------------------------
 
-def gmkit_train_unit(model: Diffusion, batch: int, device, fast: bool, precision: str):
+def gmkit_train_unit(model: DDPM, batch: int, device, fast: bool, precision: str):
     # as the training loop holds it: channels-last, trainable (a loaded model is frozen for inference)
     model = copy.deepcopy(model).to(memory_format=torch.channels_last).train().requires_grad_(True)
     if fast:
@@ -190,7 +190,7 @@ def diffusers_train_unit(unet, batch: int, device, compiled: bool, precision: st
     return unit
 
 
-def gmkit_ddim_unit(model: Diffusion, batch: int, steps: int, device, fast: bool, dtype):
+def gmkit_ddim_unit(model: DDPM, batch: int, steps: int, device, fast: bool, dtype):
     model = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last)
     if fast:
         runtime.compile_networks(model, device, training=False)

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY, run_cli
 from gmkit import runtime
 from gmkit.errors import OptionError
-from gmkit.families.diffusion import Diffusion, DiffusionConfig
+from gmkit.families.ddpm import DDPM, DDPMConfig
 from gmkit.nn.unet import UNet, UNetConfig
 
 
@@ -100,7 +100,7 @@ def test_compile_options_per_device():
 def test_compile_networks_picks_sampling_networks_or_trainable_children(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw)))
-    model = Diffusion(DiffusionConfig(unet=tiny_unet().cfg))
+    model = DDPM(DDPMConfig(unet=tiny_unet().cfg))
     assert runtime.compile_networks(model, "cpu", training=False) == [model.unet]
     assert calls == [("UNet", {"options": {"freezing": True}})]
     calls.clear()
