@@ -109,8 +109,9 @@ def bench_one(model: str, steps: int | None, batch: int, device: torch.device, d
     opts, calls, applicable = sample_options(net, src.defaults, sampler, steps)
     flops = count_flops(net, opts, calls)
     if compile:
-        for module in net.sampling_networks():
-            module.compile()
+        from .runtime import compile_networks
+
+        compile_networks(net, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm_up(net, opts, batch, device)

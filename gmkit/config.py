@@ -32,6 +32,10 @@ class TrainConfig:
     save_dtype: str = "fp32"  # fp32 | fp16 | bf16 for model.safetensors
     amp: bool = True  # bf16 autocast on CUDA
     grad_accum: int = 1  # micro-batches per step: batch_size is the effective batch, activations are of one micro-batch
+    # bf16 autocast on CPUs with native bf16 (AVX512-BF16, AMX); opt-in: it changes the numbers a
+    # little, and it is emulated (slower) elsewhere. See docs/performance.md for speed and quality.
+    cpu_amp: bool = False
+    compile: bool = False  # torch.compile the trained networks (minutes to compile; pays in long runs)
 
 
 def to_dict(cfg) -> dict:

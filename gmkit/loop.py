@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import __version__
+from . import __version__, runtime
 from .checkpoint import load_tensors, save_model, save_tensors
 from .config import TrainConfig, from_dict, to_dict
 from .data.dataset import ImageData
@@ -151,7 +151,7 @@ def write_preview(model: Family, state: dict[str, torch.Tensor], path: Path, n: 
 
     from .imageio import save_images
 
-    m = copy.deepcopy(model).eval()
+    m = runtime.uncompiled(copy.deepcopy(model)).eval()  # a compiled copy would recompile per preview
     m.load_state_dict(state)
     gens = [torch.Generator().manual_seed(i) for i in range(n)]
     with torch.inference_mode():
@@ -210,7 +210,11 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
     loader = iter(make_loader(data, tcfg.batch_size, tcfg.seed, step, rank, world, workers, device.type == "cuda",
                               stream.positions))
     data_wait = 0.0  # seconds the loop waited for batches since the last log line
-    use_amp = tcfg.amp and device.type == "cuda"
+    use_amp = (tcfg.amp and device.type == "cuda") or (tcfg.cpu_amp and device.type == "cpu" and runtime.native_bf16(device))
+    if tcfg.cpu_amp and device.type == "cpu" and not use_amp:
+        note("gmkit: this CPU has no native bf16 (AVX512-BF16 or AMX); training in fp32", quiet or rank > 0)
+    if tcfg.compile:
+        runtime.compile_networks(model, device, training=True)
     out.mkdir(parents=True, exist_ok=True)
     log_file = open(out / "log.jsonl", "a") if rank == 0 else None
     start_step, t_start, t_last, last_step = step, time.perf_counter(), time.perf_counter(), step
@@ -251,7 +255,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
                 for g in opt.param_groups:
                     g["lr"] = lr_at(tcfg, step)
             extra = {"accum": tcfg.grad_accum} if tcfg.grad_accum > 1 else {}
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 stats = model.train_step(wrapped, batch, opts, step, tcfg.grad_clip, **extra)
             loss = stats["loss"]
             bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0)

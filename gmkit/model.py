@@ -84,8 +84,9 @@ class Model:
 
     def compile(self) -> "Model":
         """``torch.compile`` the networks sampling calls, in place (slow first batch, faster after)."""
-        for module in self.net.sampling_networks():
-            module.compile()
+        from .runtime import compile_networks  # per-device settings: weight freezing on CPU, CUDA graphs on GPU
+
+        compile_networks(self.net, self.device)
         return self
 
     # -- sampling -------------------------------------------------------------------------------

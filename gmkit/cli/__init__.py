@@ -5,6 +5,8 @@ Nothing here imports torch at module level, so ``gmkit --help`` answers instantl
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from . import _common
@@ -17,6 +19,7 @@ app = typer.Typer(name="gmkit", invoke_without_command=True, add_completion=True
 @app.callback()
 def _root(ctx: typer.Context,
           debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per process (default: GMKIT_THREADS, OMP_NUM_THREADS, else the cores not already busy)."),
           version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True)) -> None:
     if version:
         from .. import __version__
@@ -24,6 +27,10 @@ def _root(ctx: typer.Context,
         typer.echo(__version__)
         raise typer.Exit()
     _common.STATE.debug = debug
+    if ctx.invoked_subcommand is not None:
+        from ..runtime import configure_threads  # no torch import: sets OMP_NUM_THREADS before torch loads
+
+        configure_threads(threads)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit()

@@ -47,6 +47,7 @@ def train_cmd(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", show_default=f"{_T['checkpoint_every']}", help="Steps between checkpoints."),
     save_dtype: Optional[str] = typer.Option(None, "--save-dtype", show_default="fp32", help="dtype of model.safetensors: fp32, fp16, bf16."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the networks (minutes to compile; pays in long runs). bf16 on CPU: --set train.cpu_amp=true."),
     on_bad_image: str = typer.Option("skip", "--on-bad-image", help="skip (report and go on) or error."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
@@ -58,7 +59,7 @@ def train_cmd(
     argv = sys.argv[1:]
     try:
         summary = train(model, data, out, steps=steps, batch_size=batch_size, lr=lr, image_size=image_size, seed=seed,
-                        conditional=conditional, resume=resume, config=config, overrides=set_,
+                        conditional=conditional, resume=resume, config=config, overrides=[*set_, *(["train.compile=true"] if compile_ else [])],
                         checkpoint_every=checkpoint_every, save_dtype=save_dtype, device=device,
                         on_bad_image=on_bad_image, quiet=quiet, command=command_line(argv), overwrite=overwrite,
                         split=split, columns={k: v for k, v in (("image", image_column), ("label", label_column),

@@ -41,30 +41,40 @@ def nearest(x: torch.Tensor, codebook: torch.Tensor, chunk: int = CHUNK) -> tupl
 
 
 def kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                   max_points: int = 20000) -> torch.Tensor:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre drawn with probability
-    proportional to the squared distance to the nearest centre chosen so far.
+                   max_points: int = 20000, trials: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, section 5): each step draws
+    ``trials`` candidates with probability proportional to the squared distance to the nearest
+    centre chosen so far, and keeps the one that lowers the total squared distance most.
 
-    Seeds from a random subset of at most ``max_points`` rows (enough for the seeding step; the
-    Lloyd iterations that follow use every row), so seeding costs O(max_points * k * D).
+    Plain k-means++ (one candidate) often puts two seeds in one cluster and none in another,
+    which Lloyd's iterations cannot undo when clusters are well separated; a few greedy trials
+    (2 + ln k, the choice of scikit-learn's ``KMeans``) make that rare. Seeds from a random subset
+    of at most ``max_points`` rows (the Lloyd iterations that follow use every row), so seeding
+    costs O(max_points * k * trials * D).
     """
     x = x.float()
     n = x.shape[0]
     if n > max_points:
         x = x[torch.randperm(n, generator=generator, device="cpu")[:max_points].to(x.device)]
         n = max_points
+    trials = max(1, trials if trials is not None else 2 + int(math.log(k)))
+    x_sq = x.pow(2).sum(1)
     first = int(torch.randint(n, (1,), generator=generator))
-    centres = [x[first]]
+    chosen = [first]
     closest = (x - x[first]).pow(2).sum(1)
     for _ in range(1, k):
         total = float(closest.sum())
         if total <= 0:  # fewer distinct points than codes: repeat points (their clusters stay empty)
-            j = int(torch.randint(n, (1,), generator=generator))
-        else:
-            j = int(torch.multinomial(closest.cpu().double() / total, 1, generator=generator))
-        centres.append(x[j])
-        closest = torch.minimum(closest, (x - x[j]).pow(2).sum(1))
-    return torch.stack(centres)
+            chosen.append(int(torch.randint(n, (1,), generator=generator)))
+            continue
+        cand = torch.multinomial(closest.cpu().double() / total, trials, replacement=True, generator=generator).to(x.device)
+        # squared distances of every point to each candidate, (trials, n), by one matrix product
+        d = (x_sq[cand][:, None] - 2 * x[cand] @ x.t() + x_sq[None]).clamp_min_(0)
+        after = torch.minimum(closest[None], d)
+        best = int(after.sum(1).argmin())
+        chosen.append(int(cand[best]))
+        closest = after[best]
+    return x[torch.tensor(chosen, device=x.device)]
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 20, generator: torch.Generator | None = None,
