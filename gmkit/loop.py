@@ -178,14 +178,15 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
 
     # channels_last: about 10% faster convolutions on CPU and GPU, same numbers.
     model.to(device, memory_format=torch.channels_last).train()
+    if resume_state is not None:  # first: a resumed run precomputes with its trained first stage, not a fresh one
+        tensors, meta = resume_state
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     # Families that precompute per-image work (latent diffusion: latents, caption states) do it once here.
     model.prepare_training(data, device, quiet or rank > 0)
     opts = model.optimizers(tcfg.lr, tcfg.weight_decay)
     ema = EMA(model, tcfg.ema_decay)
     step = 0
     if resume_state is not None:
-        tensors, meta = resume_state
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.shadow = {k[4:]: v.clone().float() for k, v in tensors.items() if k.startswith("ema.")}
         for name, opt in opts.items():
             _load_optim(name, opt, tensors, meta)

@@ -80,7 +80,9 @@ class SampleOptions:
     class_label: int | None = None  # class-conditional models: the class (>= 0)
     guidance: float | None = None  # classifier-free guidance scale (>= 0)
     truncation: float | None = None  # GAN truncation trick (> 0)
-    temperature: float | None = None  # flow / VAE latent temperature (>= 0)
+    temperature: float | None = None  # flow / VAE latent temperature; vqgpt softmax temperature, 0 = greedy (>= 0)
+    top_k: int | None = None  # vqgpt: draw each token from the k most likely (0 = all)
+    top_p: float | None = None  # vqgpt: nucleus sampling, the most likely tokens holding mass p (0 < p <= 1)
     prompt: str | list[str] | None = None  # text-to-image: one prompt, or one per image
     negative_prompt: str | None = None
     init: Any = None  # starting noise (N, *sample_shape) tensor
@@ -125,6 +127,10 @@ class SampleOptions:
                 _whole(name, getattr(self, name), 1, high)
         if self.class_label is not None:
             _whole("class_label", self.class_label, 0)
+        if self.top_k is not None:
+            _whole("top_k", self.top_k, 0)
+        if self.top_p is not None and not 0 < _finite("top_p", self.top_p) <= 1:
+            raise OptionError("top_p", f"must be in (0, 1] (1 = no limit), got {self.top_p}")
         ranges = {"eta": (0, 1), "strength": (0, 1)}
         for name, (low, high) in ranges.items():
             v = getattr(self, name)

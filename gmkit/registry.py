@@ -57,6 +57,8 @@ BUNDLED_MODELS: dict[str, Bundled] = {
                      "VE-SDE (NCSN) score model on MNIST: pc / langevin / reverse-SDE / ODE samplers, ODE latents and bits/dim"),
     "ldm": Bundled("ldm.safetensors", "ldm", {"sampler": "ddim", "steps": 50},
                    "text-to-image latent diffusion on OpenMoji (32 px): KL autoencoder, cross-attention UNet, MiniLM prompts (--prompt)"),
+    "vqgpt": Bundled("vqgpt.safetensors", "vqgpt", {"guidance": 1.0, "temperature": 0.5},
+                     "text-to-image the DALL-E way on OpenMoji (32 px): VQ-VAE codes, transformer prior with MiniLM cross-attention (--prompt)"),
     "sr": Bundled("sr.safetensors", "sr", {"sampler": "ddim", "steps": 20},
                   "4x super-resolution (SR3-style conditional diffusion) on OpenMoji, any input size (--image small.png)"),
 }

@@ -23,16 +23,18 @@ def sample_cmd(
                                            "exponential (= geometric); any with any sampler (dpm++2m + karras = DPM++ 2M Karras)."),
     snr: Optional[float] = typer.Option(None, "--snr", show_default="0.16", help="pc sampler: signal-to-noise ratio of the Langevin corrector."),
     eta: Optional[float] = typer.Option(None, "--eta", show_default="0", help="ddim / euler-ancestral noise: 0 deterministic, 1 DDPM-like (euler-ancestral's default)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (text-to-image models: ldm). - reads one prompt per line from stdin."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (text-to-image models: ldm, vqgpt). - reads one prompt per line from stdin."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to steer away from (replaces the unconditional branch of guidance)."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Class to generate (class-conditional models)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", "--guidance-scale", show_default="the model's (ldm 4)", help="Classifier-free guidance scale (with --class or --prompt)."),
     truncation: Optional[float] = typer.Option(None, "--truncation", help="GAN truncation trick: redraw latent components with |z| > T (e.g. 0.7)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", show_default="1", help="Flow sampling temperature: latents ~ N(0, T^2) (e.g. 0.7)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", show_default="1", help="Flow: latents ~ N(0, T^2) (e.g. 0.7); vqgpt: softmax temperature of the tokens (0 = greedy)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", show_default="0 (all)", help="vqgpt: draw each token from the K most likely only."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", show_default="1 (all)", help="vqgpt: nucleus sampling, the most likely tokens holding mass P."),
     init: Optional[str] = typer.Option(None, "--init", help="Starting noise: a .safetensors file (N, C, H, W) as encode writes it, or -."),
     image: Optional[str] = typer.Option(None, "--image", help="Edit this image (any Pillow format, - = stdin): img2img with --strength, inpainting with --mask; sr upsamples it; pix2pix and cyclegan translate it."),
     direction: Optional[str] = typer.Option(None, "--direction", show_default="a2b", help="cyclegan: which way to translate --image, a2b or b2a."),
-    mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask for --image: white = generate, black = keep (RePaint; a masked denoiser for euler, heun, dpm++2m)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask for --image: white = generate, black = keep (RePaint; a masked denoiser for euler, heun, dpm++2m; vqgpt: the tokens under white are redrawn)."),
     strength: Optional[float] = typer.Option(None, "--strength", show_default="0.6; 1 with --mask", help="img2img: how far to noise --image, 0 (returns it) .. 1 (ignores it)."),
     resample: Optional[int] = typer.Option(None, "--resample", show_default="5", help="Inpainting: RePaint resamplings per jump (more blends better, costs more)."),
     jump: Optional[int] = typer.Option(None, "--jump", show_default="10", help="Inpainting: RePaint jump length in steps."),
@@ -64,7 +66,7 @@ def sample_cmd(
 
     check_run(n=num_images, seed=seed, batch_size=batch_size)
     given = {"sampler": sampler, "steps": steps, "eta": eta, "class_label": class_label, "guidance": guidance,
-             "truncation": truncation, "temperature": temperature, "schedule": schedule, "snr": snr,
+             "truncation": truncation, "temperature": temperature, "top_k": top_k, "top_p": top_p, "schedule": schedule, "snr": snr,
              "negative_prompt": negative_prompt, "strength": strength, "resample": resample, "jump": jump,
              "height": height, "width": width, "direction": direction}
     # Ranges and combinations first, before anything is loaded (files stand in for their tensors).

@@ -19,10 +19,11 @@ def family_classes() -> dict[str, type[Family]]:
     from .sr import SR
     from .vae import VAE
     from .vqvae import VQVAE
+    from .vqgpt import VQGPT
     from .vqldm import VQLatentDiffusion
 
     return {cls.name: cls for cls in (DDPM, VAE, VQVAE, AugVAE, GAN, Flow, Autoencoder, Score, LDM, VQLatentDiffusion, SR,
-                                      Pix2Pix, CycleGAN)}
+                                      Pix2Pix, CycleGAN, VQGPT)}
 
 
 def get_family(name: str) -> type[Family]:

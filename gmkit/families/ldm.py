@@ -21,16 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..diffusion import sampling
 from ..diffusion.sampling import SAMPLING_OPTIONS
 from ..diffusion.process import DiffusionProcess, ProcessConfig
 from ..errors import GmkitError, OptionError
-from ..nn.text import load_text_encoder
+from ..nn.text import draw_captions, encode_captions, per_image
 from ..nn.unet import UNet, UNetConfig
 from .autoencoder import Autoencoder, AutoencoderConfig
-from .base import DECODE, ENCODE, SAMPLE, STEPS, DataInfo, Family, SamplingPlan, TrainOption, TrainSetup
+from .base import DECODE, ENCODE, SAMPLE, STEPS, DataInfo, Family, SamplingPlan, TrainSetup
+from .first_stage import FirstStage, build_with_first_stage, first_stage_options
+from .prompted import PromptConditioned
 
 # What the training previews (and `gmkit sample ldm` with no prompt file) show.
 PREVIEW_PROMPTS = ["a futuristic cityscape at sunset", "a red apple", "a smiling face", "a rocket",
@@ -61,7 +62,7 @@ class LDMConfig(ProcessConfig):
     class_dropout: float = 0.0  # unused (the prompt is the condition); older configs name it
 
 
-class LDM(Family):
+class LDM(PromptConditioned, Family):
     name = "ldm"
     Config = LDMConfig
     capabilities = frozenset({SAMPLE, ENCODE, DECODE, STEPS})
@@ -75,12 +76,8 @@ class LDM(Family):
     sweep_sampler = "ddim"
     latent_key = "latents"  # the tensor ``decode`` reads from an encoded file
     class_conditioning = "never"
-    train_options = {
-        "autoencoder": TrainOption("the first-stage autoencoder (a model source); default: train one into "
-                                   "OUT/autoencoder first", str, applies_to="latent diffusion (ldm)"),
-        "ae_steps": TrainOption("steps of the autoencoder trained when none is given", int, minimum=1,
-                                applies_to="latent diffusion (ldm)"),
-    }
+    train_options = first_stage_options("autoencoder")
+    first_stage = FirstStage("autoencoder", "autoencoder")
 
     @classmethod
     def fit_config(cls, config: LDMConfig, data: DataInfo, conditional: bool) -> LDMConfig:
@@ -95,10 +92,8 @@ class LDM(Family):
 
     @classmethod
     def build_for_training(cls, config: LDMConfig, data, setup: TrainSetup):
-        """Train (into OUT/autoencoder) or load the first stage, then the LDM around it (``ldm_first_stage.py``)."""
-        from .ldm_first_stage import build_with_first_stage
-
-        return build_with_first_stage(cls, config, data, setup)
+        """Train (into OUT/autoencoder) or load the first stage, then the LDM around it (``first_stage.py``)."""
+        return build_with_first_stage(cls, config, data, setup, cls.first_stage)
 
     def sampling_plan(self, sampler: str | None = None, steps: int | None = None) -> SamplingPlan:
         return SamplingPlan(*sampling.plan_summary(self.process, sampler or self.default_sampler, steps))
@@ -115,15 +110,6 @@ class LDM(Family):
         self.process = DiffusionProcess.discrete(config)
         self.unet = UNet(config.unet)
         self.autoencoder = first.requires_grad_(False)
-        self._text = None
-        self._text_factory = None  # set by attach_text_encoder: an encoder that came with the model
-        self._train_cache: dict[str, torch.Tensor] | None = None
-
-    def __getstate__(self):
-        # Copies (the training previews) share the text encoder and leave the training caches behind.
-        state = self.__dict__.copy()
-        state["_train_cache"] = None
-        return state
 
     # -- shapes ------------------------------------------------------------------------------
     @property
@@ -134,10 +120,6 @@ class LDM(Family):
     @property
     def sample_shape(self):
         return self.autoencoder.latent_shape
-
-    def attach_text_encoder(self, factory) -> None:
-        """Use the prompt encoder the model came with (built on first use), not the config's built-in name."""
-        self._text, self._text_factory = None, factory
 
     def shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """The latent for an image of ``height`` x ``width`` pixels (default: the trained size); the UNet
@@ -153,13 +135,6 @@ class LDM(Family):
             else:
                 out.append(v // factor)
         return (c, *out)
-
-    @property
-    def text(self):
-        if self._text is None:
-            self._text = (self._text_factory() if self._text_factory is not None
-                          else load_text_encoder(self.config.text_encoder, self.config.text_max_length))
-        return self._text
 
     # -- first stage -------------------------------------------------------------------------
     def load_autoencoder(self, state: dict[str, torch.Tensor]) -> None:
@@ -204,60 +179,27 @@ class LDM(Family):
             if not quiet:
                 print(f"gmkit: latent scale {self.config.latent_scale:.4f} (1 / std of the training latents)",
                       file=sys.stderr)
-        unique = [""] + sorted({c for caps in data.captions for c in caps})
-        where = {c: i for i, c in enumerate(unique)}
-        states, masks = [], []
-        enc = self.text
-        for i in range(0, len(unique), 512):
-            s, m = enc.encode(unique[i:i + 512])
-            states.append(s)
-            masks.append(m)
-        width = max(s.shape[1] for s in states)
-        states = torch.cat([F.pad(s, (0, 0, 0, width - s.shape[1])) for s in states])
-        masks = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks])
-        most = max(len(c) for c in data.captions)
-        ids = torch.tensor([[where[c] for c in caps] + [0] * (most - len(caps)) for caps in data.captions])
-        counts = torch.tensor([len(c) for c in data.captions])
-        self._train_cache = {"mean": mean, "logvar": logvar, "states": states.to(device), "masks": masks.to(device),
-                             "ids": ids.to(device), "counts": counts.to(device)}
+        self._train_cache = {"mean": mean, "logvar": logvar, **encode_captions(self.text, data.captions, device)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cache = self._train_cache
         if cache is None:
             raise GmkitError("ldm training needs prepare_training(data) first")
         idx = batch["index"].to(cache["mean"].device)
-        b = idx.shape[0]
-        device = cache["mean"].device
         z0 = self.to_latents(cache["mean"][idx], cache["logvar"][idx])
-        pick = (torch.rand(b, device=device) * cache["counts"][idx]).long()  # one caption variant per image
-        cid = cache["ids"][idx, pick]
-        cid = torch.where(torch.rand(b, device=device) < self.config.caption_dropout, torch.zeros_like(cid), cid)
-        context, mask = cache["states"][cid], cache["masks"][cid]
+        context, mask = draw_captions(cache, idx, self.config.caption_dropout)
         return self.process.loss(lambda z, t: self.unet(z.contiguous(memory_format=torch.channels_last), t,
                                                        context=context, context_mask=mask), z0)
 
     # -- prompts -----------------------------------------------------------------------------
-    def prompt_warnings(self, prompts: list[str]) -> list[str]:
-        """What the user should know about these prompts (the text encoder reads a limited length)."""
-        out = []
-        for p in prompts:
-            n = self.text.token_count(p)
-            if n > self.text.max_length:
-                out.append(f"prompt truncated to the text encoder's {self.text.max_length} tokens (it has {n}): {p[:50]!r}...")
-        return out
-
-    def prompt_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        states, mask = self.text.encode(prompts)
-        return states.to(self.device), mask.to(self.device)
-
     def network(self, n: int, guidance: float | None = None, prompt=None, negative_prompt=None,
                 class_label=None, **_: Any):
         """The UNet as ``net(z_t, c_noise)`` for a prompt (one, or one per image) with classifier-free
         guidance; the unconditional branch reads the negative prompt, or "" (what caption dropout trained)."""
         if class_label is not None:
             raise OptionError("class_label", "{class_label} is not taken by ldm models: they take {prompt}")
-        prompts = _per_image(prompt, n)
-        negatives = _per_image(negative_prompt, n)
+        prompts = per_image(prompt, n)
+        negatives = per_image(negative_prompt, n)
         g = self.default_guidance if guidance is None else guidance
         states, mask = self.prompt_states(prompts + negatives)  # one call: both padded alike
         states = states.to(next(self.unet.parameters()).dtype)
@@ -310,14 +252,3 @@ class LDM(Family):
         c, s, _ = self.sample_shape
         return {"kind": "continuous", "shape": [c, s, s], "text": f"autoencoder latent {c}x{s}x{s}"}
 
-
-def _per_image(prompt, n: int) -> list[str]:
-    """A prompt for each of n images: one string for all, a list cycled, None as ""."""
-    if prompt is None:
-        return [""] * n
-    if isinstance(prompt, str):
-        return [prompt] * n
-    prompts = list(prompt)
-    if not prompts:
-        return [""] * n
-    return [prompts[i % len(prompts)] for i in range(n)]

@@ -6,7 +6,9 @@
     loss = ||x - x^||^2 + beta ||z_e - sg(e_k)||^2                     (eq. 3, codebook term by EMA)
          + prior_weight * CE(prior(sg(k)), k)                          (the prior, on detached codes)
 
-The prior is a small causal transformer over the code map in raster order. It trains in the
+The prior is a small causal transformer over the code map in raster order (``nn/gpt.py``; it
+samples through a key/value cache). ``prior_layers=0`` leaves it out: a VQ autoencoder alone, the
+first stage of ``vqgpt``. It trains in the
 same loop and the same checkpoint as the autoencoder: its input is the detached code map, so its
 loss never reaches the autoencoder, and it has its own optimizer and gradient clipping
 (``optimizers`` / ``train_step``). ``sample`` draws a code map from the prior, position by
@@ -21,10 +23,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import GmkitError
 from ..nn.encoder_decoder import ConvDecoder, ConvEncoder
+from ..nn.gpt import GPT, sample_tokens
 from ..nn.quantizer import VectorQuantizer
 from .base import DECODE, ENCODE, SAMPLE, Family
 
@@ -41,36 +43,10 @@ class VQVAEConfig:
     ema_decay: float = 0.99
     dead_threshold: float = 1.0  # codes whose EMA usage falls below this are restarted
     prior_dim: int = 96
-    prior_layers: int = 2
+    prior_layers: int = 2  # 0: no prior, a VQ autoencoder only (the first stage of vqgpt)
     prior_heads: int = 4
     prior_weight: float = 1.0
     temperature: float = 1.0  # softmax temperature when sampling the prior
-
-
-class CodePrior(nn.Module):
-    """A causal transformer over flattened code maps: p(k) = prod_i p(k_i | k_<i)."""
-
-    def __init__(self, num_codes: int, length: int, dim: int, layers: int, heads: int):
-        super().__init__()
-        self.length = length
-        self.tok = nn.Embedding(num_codes + 1, dim)  # the last id is the start token
-        self.pos = nn.Parameter(torch.zeros(length, dim))
-        nn.init.normal_(self.pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_codes)
-        self.start = num_codes
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, L') with L' <= length -> logits (B, L', K) for positions 0..L'-1 (shifted input)."""
-        b, n = codes.shape
-        inp = torch.cat([torch.full((b, 1), self.start, device=codes.device, dtype=torch.long), codes[:, :-1]], 1)
-        h = self.tok(inp) + self.pos[:n]
-        mask = nn.Transformer.generate_square_subsequent_mask(n, device=codes.device, dtype=h.dtype)
-        h = self.blocks(h, mask=mask, is_causal=True)
-        return self.head(self.norm(h))
 
 
 class VQVAE(Family):
@@ -90,7 +66,8 @@ class VQVAE(Family):
         self.encoder = ConvEncoder(c.in_channels, c.channels, c.code_dim, c.res_blocks)
         self.quantizer = VectorQuantizer(c.num_codes, c.code_dim, c.ema_decay, dead_threshold=c.dead_threshold)
         self.decoder = ConvDecoder(c.code_dim, c.channels, c.in_channels, c.res_blocks)
-        self.prior = CodePrior(c.num_codes, self.s * self.s, c.prior_dim, c.prior_layers, c.prior_heads)
+        self.prior = (GPT(c.num_codes, self.s * self.s, c.prior_dim, c.prior_layers, c.prior_heads)
+                      if c.prior_layers > 0 else None)
 
     @property
     def image_shape(self):
@@ -120,22 +97,26 @@ class VQVAE(Family):
         z_q, codes, commit, stats = self.quantizer(z)
         recon = self.decoder(z_q).float()
         mse = F.mse_loss(recon, x.float())
-        logits = self.prior(codes.detach().flatten(1))
-        prior_ce = F.cross_entropy(logits.float().reshape(-1, self.config.num_codes), codes.flatten())
-        loss = mse + self.config.commitment * commit + self.config.prior_weight * prior_ce
+        loss = mse + self.config.commitment * commit
         # Components keep their graphs (tests backpropagate them alone); train_step logs floats.
-        return {"loss": loss, "mse": mse, "commit": commit, "prior_nll": prior_ce,
-                "perplexity": stats["perplexity"], "usage": stats["usage"]}
+        out = {"mse": mse, "commit": commit, "perplexity": stats["perplexity"], "usage": stats["usage"]}
+        if self.prior is not None:
+            logits = self.prior(codes.detach().flatten(1))
+            out["prior_nll"] = F.cross_entropy(logits.float().reshape(-1, self.config.num_codes), codes.flatten())
+            loss = loss + self.config.prior_weight * out["prior_nll"]
+        return {"loss": loss, **out}
 
     def _groups(self) -> tuple[list, list]:
-        prior = list(self.prior.parameters())
+        prior = list(self.prior.parameters()) if self.prior is not None else []
         ids = {id(p) for p in prior}
         return [p for p in self.parameters() if id(p) not in ids], prior
 
     def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
         ae, prior = self._groups()
-        return {"model": torch.optim.AdamW(ae, lr=lr, weight_decay=weight_decay),
-                "prior": torch.optim.AdamW(prior, lr=lr, weight_decay=weight_decay)}
+        opts = {"model": torch.optim.AdamW(ae, lr=lr, weight_decay=weight_decay)}
+        if prior:
+            opts["prior"] = torch.optim.AdamW(prior, lr=lr, weight_decay=weight_decay)
+        return opts
 
     def train_step(self, wrapped, batch, opts, step, grad_clip, accum=1):
         """One step of both optimizers; the two losses touch disjoint parameters, so one backward serves."""
@@ -149,8 +130,8 @@ class VQVAE(Family):
         ae, prior = self._groups()
         norm = torch.nn.utils.clip_grad_norm_(ae, clip)
         prior_norm = torch.nn.utils.clip_grad_norm_(prior, clip)
-        opts["model"].step()
-        opts["prior"].step()
+        for opt in opts.values():
+            opt.step()
         return {**{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(norm),
                 "prior_grad_norm": float(prior_norm)}
 
@@ -191,18 +172,18 @@ class VQVAE(Family):
         return self.decoder(q.to(dtype)).float().clamp(-1, 1)
 
     @torch.inference_mode()
-    def sample_codes(self, noise: list[torch.Generator], temperature: float | None = None) -> torch.Tensor:
+    def sample_codes(self, noise: list[torch.Generator], temperature: float | None = None,
+                     use_cache: bool = True) -> torch.Tensor:
         """Code maps (N, h, w) drawn from the prior; position i of image j uses generator j alone."""
+        if self.prior is None:
+            raise GmkitError(f"this {self.name} model has no prior (prior_layers=0): it is a first stage that encodes "
+                             "and decodes code maps; sample from a vqgpt model built on it")
         n, (h, w) = len(noise), self.latent_shape
         t = temperature or self.config.temperature
-        codes = torch.zeros((n, h * w), dtype=torch.long, device=self.device)
         # One uniform per image and position, from the image's own generator: an image depends
         # only on its seed, whatever the batch.
         u = torch.stack([torch.rand(h * w, generator=g) for g in noise]).to(self.device)
-        for i in range(h * w):
-            logits = self.prior(codes[:, :i + 1])[:, i].float() / t
-            cdf = logits.softmax(-1).cumsum(-1)
-            codes[:, i] = torch.searchsorted(cdf, u[:, i:i + 1] * cdf[:, -1:]).squeeze(1).clamp_max(self.config.num_codes - 1)
+        codes = sample_tokens(self.prior, u, [(None, None)], temperature=t, use_cache=use_cache)
         return codes.view(n, h, w)
 
     @torch.inference_mode()

@@ -82,10 +82,60 @@ def load_text_encoder(name: str, max_length: int = 32) -> TextEncoder:
     return _ENCODERS[name](max_length=max_length)
 
 
-def warn_truncated(encoder: TextEncoder, prompts: list[str], quiet: bool = False) -> None:
-    """Say on stderr when a prompt is longer than the encoder reads."""
+# -- shared by the text-to-image families (ldm, vqgpt) -------------------------------------------
+
+def encode_captions(encoder: TextEncoder, captions: list[list[str]], device) -> dict[str, torch.Tensor]:
+    """Every distinct training caption, and "" (what caption dropout swaps in), encoded once.
+
+    Returns ``states``/``masks`` (U, L, dim)/(U, L) of the distinct captions (index 0 is ""), ``ids``
+    (N, most) the index of each image's variants, ``counts`` (N,) how many variants each has.
+    """
+    import torch.nn.functional as F
+
+    unique = [""] + sorted({c for caps in captions for c in caps})
+    where = {c: i for i, c in enumerate(unique)}
+    states, masks = [], []
+    for i in range(0, len(unique), 512):
+        s, m = encoder.encode(unique[i:i + 512])
+        states.append(s)
+        masks.append(m)
+    width = max(s.shape[1] for s in states)
+    states_t = torch.cat([F.pad(s, (0, 0, 0, width - s.shape[1])) for s in states])
+    masks_t = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in masks])
+    most = max(len(c) for c in captions)
+    ids = torch.tensor([[where[c] for c in caps] + [0] * (most - len(caps)) for caps in captions])
+    counts = torch.tensor([len(c) for c in captions])
+    return {"states": states_t.to(device), "masks": masks_t.to(device), "ids": ids.to(device),
+            "counts": counts.to(device)}
+
+
+def draw_captions(cache: dict[str, torch.Tensor], idx: torch.Tensor, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states, mask) for images ``idx``: one caption variant each, replaced by "" with probability
+    ``dropout`` (caption dropout: trains the unconditional model classifier-free guidance needs)."""
+    b, device = idx.shape[0], cache["ids"].device
+    pick = (torch.rand(b, device=device) * cache["counts"][idx]).long()
+    cid = cache["ids"][idx, pick]
+    cid = torch.where(torch.rand(b, device=device) < dropout, torch.zeros_like(cid), cid)
+    return cache["states"][cid], cache["masks"][cid]
+
+
+def per_image(prompt, n: int) -> list[str]:
+    """A prompt for each of n images: one string for all, a list cycled, None as ""."""
+    if prompt is None:
+        return [""] * n
+    if isinstance(prompt, str):
+        return [prompt] * n
+    prompts = list(prompt)
+    if not prompts:
+        return [""] * n
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def truncation_warnings(encoder: TextEncoder, prompts: list[str]) -> list[str]:
+    """What the user should know about these prompts: the text encoder reads a limited length."""
+    out = []
     for p in prompts:
         n = encoder.token_count(p)
-        if n > encoder.max_length and not quiet:
-            print(f"gmkit: prompt truncated to the text encoder's {encoder.max_length} tokens "
-                  f"(it has {n}): {p[:60]!r}", file=sys.stderr)
+        if n > encoder.max_length:
+            out.append(f"prompt truncated to the text encoder's {encoder.max_length} tokens (it has {n}): {p[:50]!r}...")
+    return out
