@@ -254,7 +254,7 @@ def train(model: Family, data: ImageData, out: Path, tcfg: TrainConfig, device: 
             batch = to_device(raw, data, device, augment_params(data, tcfg.batch_size, tcfg.seed, step, rank, world))
             for opt in opts.values():
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(tcfg, step)
+                    g["lr"] = lr_at(tcfg, step) * g.get("lr_scale", 1.0)  # a family's per-network ratio (TTUR)
             extra = {"accum": tcfg.grad_accum} if tcfg.grad_accum > 1 else {}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 stats = model.train_step(wrapped, batch, opts, step, tcfg.grad_clip, **extra)

@@ -135,6 +135,49 @@ def test_gan_nonsaturating_loss_and_r1_penalty_run():
     assert x.shape == (4, 1, 8, 8) and x.abs().max() <= 1
 
 
+def test_diffaugment_policies_move_pixels_differentiably_and_per_image():
+    from gmkit.nn.diffaugment import diff_augment, parse_policy
+
+    assert parse_policy(" translation, cutout ") == ("translation", "cutout") and parse_policy("") == ()
+    with pytest.raises(ValueError, match="unknown policy 'blur'"):
+        parse_policy("translation,blur")
+    torch.manual_seed(0)
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(16, 1, 1, 1)
+    shifted = diff_augment(x, ("translation",))
+    assert shifted.shape == x.shape
+    # a shift by (dy, dx) within +-1 px (1/8 of 8): every image equals the original shifted, edges replicated
+    for img in shifted[:, 0]:
+        assert any(torch.equal(img, x[0, 0][(torch.arange(8) + dy).clamp(0, 7)][:, (torch.arange(8) + dx).clamp(0, 7)])
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    assert len({tuple(img.flatten().tolist()) for img in shifted[:, 0]}) > 1  # drawn per image
+    cut = diff_augment(torch.ones(32, 1, 8, 8), ("cutout",))
+    zeros = (cut == 0).flatten(1).sum(1)
+    assert zeros.max() <= 16 and zeros.float().mean() > 4  # a 4x4 square, sometimes partly outside the frame
+    x = torch.randn(4, 1, 8, 8, requires_grad=True)
+    diff_augment(x, parse_policy("color,translation,cutout")).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # the generator learns through the augmentation
+
+
+def test_gan_with_diffaugment_and_ttur_trains_resumes_exactly_and_refuses_bad_settings(tmp_path):
+    extra = ("--set", "augment=translation,cutout", "--set", "d_lr_scale=2")
+    _train("gan", tmp_path / "straight", 4, *extra)
+    _train("gan", tmp_path / "split", 2, *extra)
+    _train("gan", tmp_path / "split", 4, "--resume", str(tmp_path / "split"))
+    a = load_file(tmp_path / "straight" / "train_state.safetensors")
+    b = load_file(tmp_path / "split" / "train_state.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("model.", "ema.", "optim.")))
+    from gmkit.checkpoint import read_metadata
+
+    meta = read_metadata(tmp_path / "split" / "train_state.safetensors")
+    d_lr = json.loads(meta["gmkit.optim.discriminator"])[0]["lr"]
+    g_lr = json.loads(meta["gmkit.optim.generator"])[0]["lr"]
+    assert d_lr == pytest.approx(2 * g_lr) and g_lr > 0  # the loop's schedule keeps the ratio
+    for setting, message in (("augment=blur", "unknown policy 'blur'"), ("d_lr_scale=0", "d_lr_scale must be")):
+        r = run_cli("train", "gan", "--data", "digits", "--steps", "1", "--out", str(tmp_path / "bad"), "--quiet",
+                    *GAN_TINY, "--set", setting)
+        assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+
+
 def test_gan_training_logs_what_exposes_instability(gan_run):
     log = [json.loads(line) for line in (gan_run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]

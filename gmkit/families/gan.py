@@ -10,6 +10,8 @@ Losses (``loss`` in the config):
                     (Goodfellow et al. 2014, section 3: the "-log D" trick)
 Optional R1 penalty on real images, (gamma / 2) E[||grad_x D(x)||^2] (Mescheder et al. 2018, eq. 9),
 applied lazily every ``r1_every`` steps and scaled by it (Karras et al. 2020, StyleGAN2 section B).
+For little data: DiffAugment (``augment``, gmkit.nn.diffaugment) and a faster discriminator
+(``d_lr_scale``: the two time-scale update rule, Heusel et al. 2017).
 
 Class-conditional (``num_classes > 0``): the generator sees a learned class embedding beside z;
 the discriminator is a projection discriminator, D(x, y) = psi(h) + <embed(y), h>
@@ -45,6 +47,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..diffusion.samplers import randn
 from ..errors import GmkitError, StopTraining
+from ..nn.diffaugment import diff_augment, parse_policy
 from .base import CLASS_COND, DECODE, ENCODE, SAMPLE, Family
 from .gan_inversion import Invertible, LatentEncoder, encoder_step
 
@@ -67,6 +70,8 @@ class GANConfig:
     r1_every: int = 4  # lazy R1: every this many steps, scaled up by it
     beta1: float = 0.5  # Adam betas for both nets (DCGAN: 0.5, 0.999)
     beta2: float = 0.999
+    d_lr_scale: float = 1.0  # discriminator lr = this x the generator's (TTUR, Heusel et al. 2017)
+    augment: str = ""  # DiffAugment policies seen by D, e.g. "translation,cutout" (gmkit.nn.diffaugment)
     diversity_every: int = 100  # steps between diversity checks (0 = never)
     diversity_batch: int = 64  # generated images in the fixed diversity batch
     collapse_threshold: float = 0.2  # diversity ratio below which a check counts as collapsed (0 = off)
@@ -202,6 +207,12 @@ class GAN(Invertible, Family):
                                  f"(one x2 step per entry of {key})")
         if c.latent_dim < 1 or c.num_classes < 0 or c.r1_gamma < 0 or c.r1_every < 1:
             raise GmkitError("latent_dim and r1_every must be >= 1; num_classes and r1_gamma >= 0")
+        if not 0 < c.d_lr_scale <= 100:
+            raise GmkitError(f"d_lr_scale must be in (0, 100], got {c.d_lr_scale}")
+        try:
+            self._augment = parse_policy(c.augment)
+        except ValueError as e:
+            raise GmkitError(str(e)) from None
         self.generator = Generator(c)
         self.discriminator = Discriminator(c)
         self.encoder = LatentEncoder(c.in_channels, c.image_size, c.encoder_channels, c.latent_dim) \
@@ -217,8 +228,9 @@ class GAN(Invertible, Family):
     def optimizers(self, lr: float, weight_decay: float) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, self.config.beta2)
         return {"generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas, weight_decay=weight_decay),
-                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas,
-                                                  weight_decay=weight_decay),
+                "discriminator": torch.optim.Adam([{"params": self.discriminator.parameters(),
+                                                   "lr_scale": self.config.d_lr_scale}],
+                                                  lr=lr * self.config.d_lr_scale, betas=betas, weight_decay=weight_decay),
                 **({"encoder": torch.optim.Adam(self.encoder.parameters(), lr=lr, betas=betas)} if self.encoder else {})}
 
     def _labels(self, batch: dict) -> torch.Tensor | None:
@@ -248,6 +260,10 @@ class GAN(Invertible, Family):
         d, g = self.d_loss(real_logits, fake_logits), self.g_loss(fake_logits)
         return {"loss": d + g, "d_loss": d, "g_loss": g}
 
+    def _seen(self, x: torch.Tensor) -> torch.Tensor:
+        """Images as the discriminator sees them in training: through DiffAugment when configured."""
+        return diff_augment(x, self._augment) if self._augment else x
+
     grad_accum_ok = False  # alternating D and G updates on one batch: micro-batches would change the game
 
     def train_step(self, wrapped: nn.Module, batch: dict, opts: dict, step: int, grad_clip: float) -> dict[str, float]:
@@ -271,8 +287,8 @@ class GAN(Invertible, Family):
             fake = G(z, labels)
         r1_now = c.r1_gamma > 0 and step % c.r1_every == 0
         real_in = real.detach().requires_grad_(r1_now)
-        real_logits = D(real_in, labels)
-        fake_logits = D(fake, labels)
+        real_logits = D(self._seen(real_in), labels)
+        fake_logits = D(self._seen(fake), labels)
         d_loss = self.d_loss(real_logits, fake_logits)
         r1 = torch.zeros((), device=real.device)
         if r1_now:
@@ -291,7 +307,7 @@ class GAN(Invertible, Family):
 
         # Generator: make D call its images real. D's gradients are computed and discarded.
         z = torch.randn(n, c.latent_dim, device=real.device)
-        gen_logits = D(G(z, labels), labels)
+        gen_logits = D(self._seen(G(z, labels)), labels)
         g_loss = self.g_loss(gen_logits)
         if not torch.isfinite(g_loss):
             return {"loss": float(g_loss.detach()), "d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach())}
