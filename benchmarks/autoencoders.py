@@ -99,7 +99,7 @@ def augvae_numbers(source: str, classifier, per_class: int, test, samples: int) 
 
 
 def quantize_timing(n: int = 100_000, dim: int = 64, codes: int = 256, seed: int = 0) -> dict:
-    from gmkit.quantize import assign, fit
+    from gmkit.codebooks import assign, fit
 
     x = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
     t0 = time.perf_counter()

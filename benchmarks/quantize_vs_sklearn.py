@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gmkit.quantize import assign, fit  # noqa: E402
+from gmkit.codebooks import assign, fit  # noqa: E402
 
 
 def clusters(n: int, k: int, dim: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

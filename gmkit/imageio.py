@@ -71,13 +71,6 @@ def output_kind(out: str) -> str:
                      ".safetensors for the raw tensor, or - for stdout)")
 
 
-def check_writable(out: str) -> None:
-    """Fail before any work if the output cannot be written."""
-    from .outputs import check_writable as check
-
-    check(out, folder=out != "-" and output_kind(out) == "folder")
-
-
 # What one call may hold in memory before writing: a grid is one image, a tensor file one tensor; a
 # folder/ is written batch by batch and has no such bound.
 MAX_GRID_IMAGES = 4096

@@ -8,7 +8,7 @@ from safetensors.torch import load, load_file, save, save_file
 
 from conftest import run_cli
 from gmkit.nn.quantizer import kmeans, kmeans_pp_init, nearest
-from gmkit.quantize import assign, fit, from_vectors, lookup, to_vectors
+from gmkit.codebooks import assign, fit, from_vectors, lookup, to_vectors
 
 
 def blobs(k=6, per=150, dim=8, spread=0.05, seed=0, scale=10.0):

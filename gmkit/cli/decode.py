@@ -34,6 +34,7 @@ def decode_cmd(
 
     import torch
 
+    from ..codebooks import rebuild_tensor
     from ..errors import GmkitError
     from ..progress import note
     from ..families.base import DECODE
@@ -42,7 +43,6 @@ def decode_cmd(
     from ..latents import check_source, model_id, read_tensor_file
     from ..model import load
     from ..options import check_run
-    from ..quantize import dequantize
     from .output import refuse_terminal
 
     check_run(batch_size=batch_size)
@@ -67,7 +67,7 @@ def decode_cmd(
         raise GmkitError(f"{where}: latents of {shape} images, {model} makes {list(net.image_shape)}")
 
     if meta.get("gmkit.kind") == "codes":
-        name, z = dequantize(tensors, meta, where)
+        name, z = rebuild_tensor(tensors, meta, where)
     else:
         name = net.latent_key
         if name not in tensors:

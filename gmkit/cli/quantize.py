@@ -72,7 +72,7 @@ def quantize_cmd(
 
 def _run(source, apply, codebook, levels, iters, seed, patch, key, out) -> dict:
     from ..latents import read_tensor_file, write_tensor_file
-    from ..quantize import quantize_file, read_codebook
+    from ..codebooks import quantize_file, read_codebook
 
     cb = None
     if apply is not None:

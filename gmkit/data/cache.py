@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import GmkitError
 from .bundled import cache_dir
-from .decode import BadImage, DecodeSpec, decode_many, probe
+from .decode import DecodeSpec, UnusableImage, decode_many, probe
 
 FORMAT = 1  # bump when the layout or the decoding changes
 CHUNK = 256  # examples per decode task
@@ -130,7 +130,7 @@ def _resolve_shape(plan: Plan, size: int | None, channels: int | None, on_bad: s
             for c in plan.image_columns:
                 try:
                     probes[c].append(probe(ex[c]))
-                except BadImage as e:
+                except UnusableImage as e:
                     if on_bad == "error":
                         raise GmkitError(f"{plan.describe(i)}: cannot read image ({e})") from None
     if not probes[first]:

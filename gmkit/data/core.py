@@ -173,7 +173,7 @@ def _kind(spec: str) -> tuple[str, object]:
 
 def _stream(kind: str, target, split: str, opts: DataOptions):
     from .cache import stored_size
-    from .decode import BadImage, probe
+    from .decode import UnusableImage, probe
     from .streams import StreamData
 
     if kind == "tar":
@@ -193,7 +193,7 @@ def _stream(kind: str, target, split: str, opts: DataOptions):
         for c in source.image_columns:
             try:
                 probes[c].append(probe(ex[c]))
-            except (BadImage, KeyError):
+            except (UnusableImage, KeyError):
                 pass
     main = source.image_columns[0]
     if not probes[main]:

@@ -2,7 +2,7 @@
 
 Pure numpy and Pillow, no torch: this module runs inside the decode worker processes. Odd but
 usable images are converted and counted (16-bit, CMYK, palette, transparency, animated, rotated by
-EXIF); unusable ones raise ``BadImage`` with the reason, and the caller skips or stops.
+EXIF); unusable ones raise ``UnusableImage`` with the reason, and the caller skips or stops.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import numpy as np
 from .. import image_read
 
 
-class BadImage(Exception):
-    """An image that cannot be used: the message says why (the caller names the image)."""
+class UnusableImage(Exception):
+    """An image the data pipeline cannot use: the message says only why; the caller names the image
+    (its row or member) and skips or stops. Not ``image_read.BadImage``, the user-facing error."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def _source(raw):
     if isinstance(raw, dict):
         raw = raw.get("bytes") or raw.get("path")
         if raw is None:
-            raise BadImage("empty image value")
+            raise UnusableImage("empty image value")
     return bytes(raw) if isinstance(raw, memoryview) else raw
 
 
@@ -47,7 +48,7 @@ def probe(raw) -> tuple[int, int, bool]:
                 grey = bool((pal[..., 0] == pal[..., 1]).all() and (pal[..., 1] == pal[..., 2]).all())
             return im.size[0], im.size[1], grey
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise BadImage(str(e) or type(e).__name__) from None
+        raise UnusableImage(str(e) or type(e).__name__) from None
 
 
 def decode(raw, spec: DecodeSpec, notes: set | None = None) -> np.ndarray:
@@ -63,7 +64,7 @@ def decode(raw, spec: DecodeSpec, notes: set | None = None) -> np.ndarray:
     try:
         im = image_read.read_image(_source(raw), notes, draft=(mode, (spec.size, spec.size)))
     except image_read.BadImage as e:
-        raise BadImage(e.reason) from None
+        raise UnusableImage(e.reason) from None
     im = ImageOps.fit(im.convert(mode), (spec.size, spec.size), Image.Resampling.LANCZOS)  # centre crop, resize
     arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
@@ -87,7 +88,7 @@ def decode_many(raws: list, spec: DecodeSpec) -> tuple[np.ndarray, list[int], li
         try:
             good.append(decode(raw, spec, notes))
             keep.append(i)
-        except BadImage as e:
+        except UnusableImage as e:
             bad.append((i, str(e)))
     arr = np.stack(good) if good else np.zeros((0, spec.channels, spec.size, spec.size), np.uint8)
     return arr, keep, bad, notes

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .dataset import ImageData
-from .decode import BadImage, DecodeSpec, decode
+from .decode import DecodeSpec, UnusableImage, decode
 
 SHUFFLE_BUFFER = 1000
 
@@ -123,7 +123,7 @@ class StreamData(ImageData, torch.utils.data.IterableDataset):
         try:
             for c in self.image_columns:
                 out[c] = torch.from_numpy(decode(ex[c], self.specs[c]))
-        except (BadImage, KeyError) as e:
+        except (UnusableImage, KeyError) as e:
             what = self.source.describe(0, ex)
             reason = "missing" if isinstance(e, KeyError) else str(e)
             if self.on_bad == "error":

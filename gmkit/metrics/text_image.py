@@ -3,8 +3,9 @@ text encoder of gmkit's LDM, on the same captioned data (the recipe of CLIP, Rad
 at toy scale). It is *not* CLIP and its numbers are not CLIP scores: it only knows the OpenMoji
 catalogue. We call its figure TIS (text-image similarity, OpenMoji).
 
-    score(images, prompts)      cosine similarity of each image with its own prompt
-    retrieval(images, prompts)  share of images whose own prompt is the most similar of all N prompts
+    similarities(...)   (N images, M prompts) cosine similarities
+    adherence(...)      mean similarity of each image with its own prompt (``tis``), and the share of
+                        images whose own prompt is the most similar of the distinct prompts
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def adherence(scorer: TextImageScorer, text_encoder, images: torch.Tensor, promp
     distinct = sorted(set(prompts))
     sims = similarities(scorer, text_encoder, images, distinct)
     own = torch.tensor([distinct.index(p) for p in prompts])
-    score = sims[torch.arange(len(prompts)), own]
+    own_sim = sims[torch.arange(len(prompts)), own]
     hits = sims.argmax(1) == own
-    return {"tis": float(score.mean()), "retrieval_top1": float(hits.float().mean()), "prompts": len(distinct),
+    return {"tis": float(own_sim.mean()), "retrieval_top1": float(hits.float().mean()), "prompts": len(distinct),
             "images": len(prompts)}

@@ -34,8 +34,3 @@ def discretized_logistic_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: to
     log_pdf_mid = mid - log_scale - 2 * F.softplus(mid)
     log_mid = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp_min(1e-12)), log_pdf_mid + math.log(2 * HALF_BIN))
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_minus, log_mid))
-
-
-def bits_per_dim(log_p_nats: torch.Tensor, dims: int) -> torch.Tensor:
-    """-log2 p / dims, per image."""
-    return -log_p_nats / (dims * math.log(2))

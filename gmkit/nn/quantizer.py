@@ -1,7 +1,7 @@
 """Vector quantization: nearest-code search, k-means, and the VQ-VAE quantizer layer.
 
-The pure functions (``sq_distances``, ``nearest``, ``kmeans``) are shared by the VQ-VAE's
-quantizer and by ``gmkit quantize``: one implementation of "map each vector to its nearest
+The pure functions (``nearest``, ``kmeans``) are shared by the VQ-VAE's quantizer and by
+``gmkit quantize`` (``gmkit.codebooks``): one implementation of "map each vector to its nearest
 codebook entry" in the whole package. All of them work on (N, D) float tensors and are batched
 (chunked matrix products, no per-vector Python loops).
 """
@@ -15,13 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 CHUNK = 16384  # rows per distance block: 16k x 256 codes x 4 bytes = 16 MB
-
-
-def sq_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (N, K) via ||x||^2 - 2 x.c + ||c||^2, clamped at 0."""
-    x, codebook = x.float(), codebook.float()
-    d = x.pow(2).sum(1, keepdim=True) - 2 * x @ codebook.t() + codebook.pow(2).sum(1)[None]
-    return d.clamp_min_(0)
 
 
 def nearest(x: torch.Tensor, codebook: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:

@@ -187,7 +187,7 @@ def quantize_file(tensors: dict[str, torch.Tensor], meta: dict[str, str], where:
     return out, qmeta, report
 
 
-def dequantize(tensors: dict[str, torch.Tensor], meta: dict[str, str], where: str) -> tuple[str, torch.Tensor]:
+def rebuild_tensor(tensors: dict[str, torch.Tensor], meta: dict[str, str], where: str) -> tuple[str, torch.Tensor]:
     """A codes file -> (tensor name, the rebuilt tensor) as the source file held it."""
     try:
         q = json.loads(meta["gmkit.quantize"])
