@@ -219,6 +219,32 @@ def test_hub_dataset_missing_offline_is_one_line():
         load_data("someorg/not-here")
 
 
+def test_unreachable_hub_means_the_cache_at_once_without_the_offline_flag(monkeypatch):
+    """No HF_HUB_OFFLINE and no network: one quick probe, then load_dataset in offline mode (no
+    half-minute of printed retries), and the mode is restored afterwards."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    seen = []
+
+    def unreachable(self, repo_id, **kw):
+        seen.append(("probe", repo_id, kw.get("timeout")))
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def fake_load(path, name=None, split=None, streaming=False):
+        seen.append(("load", datasets.config.HF_HUB_OFFLINE))
+        raise ConnectionError("offline and not cached")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    with pytest.raises(GmkitError, match="someorg/pics: Hugging Face dataset not in the local cache"):
+        load_data("someorg/pics")
+    assert seen[0][:2] == ("probe", "someorg/pics") and seen[0][2] is not None and seen[1] == ("load", True)
+    assert datasets.config.HF_HUB_OFFLINE is False
+
+
 def test_hub_id_goes_through_datasets_load_dataset(tmp_path, monkeypatch):
     import datasets
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,8 @@ def open_dataset(spec: str, split: str, config: str | None, streaming: bool):
             raise GmkitError(f"{spec}: no split {split!r} (a single data set without splits: use train)")
         return ds.to_iterable_dataset(num_shards=max(1, min(64, len(ds) // 256))) if streaming else ds
     try:
-        return datasets.load_dataset(spec, config, split=split, streaming=streaming)
+        with _offline_unless_reachable(datasets, spec):
+            return datasets.load_dataset(spec, config, split=split, streaming=streaming)
     except ConnectionError:
         raise GmkitError(f"{spec}: Hugging Face dataset not in the local cache and the Hub cannot be reached "
                          "(offline); load it once with network, or give a save_to_disk folder") from None
@@ -68,6 +70,34 @@ def open_dataset(spec: str, split: str, config: str | None, streaming: bool):
     except Exception as e:  # datasets raises many kinds (DatasetNotFoundError, HfHubHTTPError, ...)
         raise GmkitError(f"{spec}: cannot load the Hugging Face dataset ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+@contextmanager
+def _offline_unless_reachable(datasets, spec: str):
+    """Without a reachable Hub, ``load_dataset`` retries for about half a minute and prints each retry;
+    one quick listing call (the model loader's probe and timeout) decides, and an unreachable Hub means
+    the local cache only, at once, as with ``HF_HUB_OFFLINE=1``."""
+    from ..interop.hub import _network_error, _timeout, hub_env
+
+    offline, _ = hub_env()
+    if not offline:
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().dataset_info(spec, timeout=_timeout())
+        except Exception as e:  # noqa: BLE001 - only "no network" changes the mode; the rest is load_dataset's to report
+            offline = _network_error(e) is not None
+    if not offline or datasets.config.HF_HUB_OFFLINE:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
 
 
 def pick_columns(ds, spec: str, wanted: dict[str, str]) -> dict[str, str]:
