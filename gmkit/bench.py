@@ -22,7 +22,7 @@ import torch
 from .errors import GmkitError
 from .families.base import STEPS
 from .measure import count_flops, generate, generators, sample_options, score_images, sync, warm_up
-from .registry import load
+from .registry import load, with_revision
 
 # A configuration counts as reaching the reference quality when its FD is within this share of it.
 CLAIM_TOLERANCE = 0.10
@@ -102,10 +102,12 @@ def extrapolated_seconds(net, opts: dict, calls: int, batch: int, device: torch.
 
 def bench_one(model: str, steps: int | None, batch: int, device: torch.device, dtype: torch.dtype,
               runs: int = 3, sampler: str | None = None, compile: bool = False, quality_samples: int = 0,
-              reference: str = "mnist", net_src=None, full: bool = False, extractor=None) -> BenchRow:
+              reference: str = "mnist", net_src=None, full: bool = False, extractor=None,
+              revision: str | None = None, token: str | None = None) -> BenchRow:
     """Time one configuration (median of ``runs`` after a warm-up). Runs of more than ``QUICK_CALLS``
-    network calls are timed at ``PROBE_STEPS`` and extrapolated unless ``full``."""
-    net, src = net_src or load(model, device, dtype)
+    network calls are timed at ``PROBE_STEPS`` and extrapolated unless ``full``. ``revision`` /
+    ``token``: for a Hub repo ``model``."""
+    net, src = net_src or load(model, device, dtype, revision=revision, token=token)
     opts, calls, applicable = sample_options(net, src.defaults, sampler, steps)
     flops = count_flops(net, opts, calls)
     if compile:
@@ -138,14 +140,15 @@ def bench_one(model: str, steps: int | None, batch: int, device: torch.device, d
 def sweep(models: list[str], samplers: list[str | None], steps: list[int | None], batches: list[int],
           dtypes: list[torch.dtype], compiles: list[bool], device: torch.device, runs: int = 3,
           quality_samples: int = 0, reference: str = "mnist", say=lambda msg: None, extractor=None,
-          full: bool = False) -> tuple[list[dict], list[dict]]:
+          full: bool = False, revision: str | None = None, token: str | None = None) -> tuple[list[dict], list[dict]]:
     """Every combination; returns (rows, skipped). A model that cannot load, or a configuration it
-    cannot run, is skipped with the reason instead of ending the sweep."""
+    cannot run, is skipped with the reason instead of ending the sweep. ``revision``: of the one Hub
+    repo among ``models`` (rows name it ``org/name@REVISION``); ``token``: for every Hub repo."""
     rows, skipped = [], []
-    for name in models:
+    for name in with_revision(models, revision):
         for dt in dtypes:
             try:
-                net, src = load(name, device, dt)
+                net, src = load(name, device, dt, token=token)
             except GmkitError as e:
                 skipped.append({"model": name, "dtype": str(dt).replace("torch.", ""), "reason": str(e)})
                 say(f"gmkit: warning: skipping {name}: {e}")
@@ -164,7 +167,7 @@ def sweep(models: list[str], samplers: list[str | None], steps: list[int | None]
                                 f"dtype={str(dt).replace('torch.', '')}{' compile' if comp else ''} ...")
                             try:
                                 # A fresh model for compiled runs, so the eager rows stay eager.
-                                pair = load(name, device, dt) if comp else (net, src)
+                                pair = load(name, device, dt, token=token) if comp else (net, src)
                                 rows.append(bench_one(name, s, b, device, dt, runs, smp, comp, quality_samples,
                                                       reference, net_src=pair, full=full, extractor=extractor).as_dict())
                             except GmkitError as e:
@@ -195,7 +198,7 @@ def pixel_twin(net):
 
 
 def latent_vs_pixel(rows: list[dict], device: torch.device, runs: int = 3, say=lambda msg: None,
-                    full: bool = False) -> list[dict]:
+                    full: bool = False, token: str | None = None) -> list[dict]:
     """For each latent-diffusion row: the same sampling run by its pixel-space twin, and the ratio."""
     from .families.ldm import LDM
 
@@ -204,7 +207,7 @@ def latent_vs_pixel(rows: list[dict], device: torch.device, runs: int = 3, say=l
         if r["family"] != "ldm":
             continue
         dtype = DTYPES[r["dtype"]]
-        net, src = load(r["model"], device, dtype)
+        net, src = load(r["model"], device, dtype, token=token)
         if not isinstance(net, LDM):
             continue
         twin = pixel_twin(net)

@@ -73,20 +73,22 @@ def count_flops(net, opts: dict, calls: int) -> float | None:
 
 
 @functools.lru_cache(maxsize=2)
-def quality_extractor(reference: str, extractor: str | None = None, device: str = "cpu"):
+def quality_extractor(reference: str, extractor: str | None = None, device: str = "cpu", token: str | None = None):
     """The extractor that scores images against ``reference``, loaded once: the one named, else the
-    reference's own (mnist for the bundled digits, a statistics file's), else inception."""
+    reference's own (mnist for the bundled digits, a statistics file's), else inception. ``token``:
+    for a Hub extractor."""
     from .metrics.evaluate import resolve
 
-    return resolve(reference, extractor, None, device)
+    return resolve(reference, extractor, None, device, token=token)
 
 
-def quality_problem(reference: str, extractor: str | None = None, device: str = "cpu") -> str | None:
+def quality_problem(reference: str, extractor: str | None = None, device: str = "cpu",
+                    token: str | None = None) -> str | None:
     """Why images cannot be scored against ``reference`` (e.g. the extractor's weights are missing), or None."""
     from .errors import GmkitError
 
     try:
-        quality_extractor(reference, extractor, device)
+        quality_extractor(reference, extractor, device, token)
     except GmkitError as e:
         return str(e)
     return None

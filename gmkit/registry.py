@@ -21,7 +21,7 @@ import torch
 
 from .checkpoint import PICKLE_SUFFIXES, LazyState, parameters_on_meta, read_metadata
 from .config import from_dict
-from .errors import GmkitError
+from .errors import GmkitError, OptionError
 from .families import Family, get_family
 from .guards import check_config
 from .interop.diffusers import resolve_pipeline
@@ -32,7 +32,8 @@ from .interop.single_file import resolve_single_file
 from .names import use_bundled
 from .resolved import Resolved
 
-__all__ = ["BUNDLED_MODELS", "Bundled", "Resolved", "build", "bundled_path", "load", "resolve"]
+__all__ = ["BUNDLED_MODELS", "Bundled", "Resolved", "build", "bundled_path", "is_hub_source", "load", "resolve",
+           "with_revision"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,35 @@ def resolve(source: str, allow_pickle: bool = False, prefer_half: bool = False, 
     if lora:
         apply_lora(r, lora, token=token, allow_pickle=allow_pickle)
     return r
+
+
+def is_hub_source(source: str) -> bool:
+    """Whether ``source`` names a Hub repo: not a bundled name, not a local path, a well-formed Hub id."""
+    if source in BUNDLED_MODELS or _looks_like_path(source):
+        return False
+    try:
+        if Path(source).expanduser().exists():
+            return False
+        return parse_hub_id(source) is not None
+    except (OSError, GmkitError):  # a malformed id or an impossible path: its load says why
+        return False
+
+
+def with_revision(sources: Sequence[str], revision: str | None) -> list[str]:
+    """``sources`` with ``revision`` written inline into the one Hub repo among them (``org/name@REV``).
+
+    A revision names one repo's branch, tag or commit: with several Hub repos, or none, it is refused
+    (each repo then takes its own inline ``@REV``)."""
+    sources = list(sources)
+    if revision is None:
+        return sources
+    hubs = list(dict.fromkeys(s for s in sources if is_hub_source(s)))
+    if len(hubs) != 1:
+        listed = f"lists {len(hubs)} ({', '.join(hubs[:3])}{', ...' if len(hubs) > 3 else ''})" if hubs else "lists none"
+        raise OptionError("revision", f"{{revision}} applies to exactly one Hub repo and {{models}} {listed}; "
+                                      "give each Hub repo its revision inline instead: org/name@REVISION")
+    hub = parse_hub_id(hubs[0], revision)  # an inline revision that differs is refused here
+    return [hub.label if s == hubs[0] else s for s in sources]
 
 
 def is_model_source(path: Path) -> bool:

@@ -47,7 +47,8 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
           command: str | None = None, split: str | None = None, columns: dict[str, str] | None = None,
           stream: bool = False, random_flip: bool = False, random_crop: bool = False, workers: int | None = None,
           preset: str | None = None, grad_accum: int | None = None, log_with: str | None = None,
-          overwrite: bool = False, **family_options: Any) -> dict:
+          overwrite: bool = False, revision: str | None = None, token: str | None = None,
+          **family_options: Any) -> dict:
     """Train a model of ``family`` (or a bundled name's family: ``ddim`` trains ``ddpm``) on ``data``.
 
     Writes the run folder ``out`` (default: the ``resume`` folder, else ``runs/<family>``) and returns
@@ -59,7 +60,8 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     (``gmkit.presets``, picked from ``image_size`` 32/64/128/256 when not given); ``grad_accum`` micro-batches
     per step; ``log_with`` an experiment tracker (tensorboard, wandb, trackio). An ``out`` that holds a
     run already is continued only with ``resume`` and replaced only with ``overwrite``; one process at a
-    time trains into a folder (a lock).
+    time trains into a folder (a lock). ``revision`` / ``token``: for a Hub repo ``autoencoder`` (ldm,
+    vqgpt; also ``autoencoder="org/name@REVISION"``); the token is never written into the run.
     """
     import torch
 
@@ -85,6 +87,9 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
         raise OptionError("on_bad_image", "must be skip or error")
     cls = get_family(BUNDLED_MODELS[family].family if family in BUNDLED_MODELS else family)
     given_options = cls.check_train_options({k: v for k, v in family_options.items() if v is not None})
+    for name, value in (("revision", revision), ("token", token)):
+        if value is not None and resume is None and given_options.get("autoencoder") is None:
+            raise OptionError(name, f"{{{name}}} applies to a Hub model source given as {{autoencoder}} (ldm, vqgpt)")
     if (grad_accum or 1) > 1 and not cls.grad_accum_ok:
         raise OptionError("grad_accum", f"{cls.name} cannot accumulate gradients over micro-batches")
     rank, local_rank, world = dist_info()
@@ -102,9 +107,10 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
         resume_state = read_train_state(resume)
         cfg, tcfg = load_resume_config(resume_state, cls)
         recipe_prev = json.loads(resume_state[1].get("gmkit.recipe", "{}"))
-        if config is not None or family_sets or conditional or given_options:
+        ignored = [*given_options, *(["revision"] if revision else []), *(["token"] if token else [])]
+        if config is not None or family_sets or conditional or ignored:
             note("gmkit: resuming keeps the run's model config; the config, its overrides, conditional and "
-                 f"{', '.join(given_options) or 'family options'} are ignored", quiet)
+                 f"{', '.join(ignored) or 'family options'} are ignored", quiet)
         if image_size is not None and recipe_prev.get("image_size") not in (None, image_size):
             raise OptionError("image_size", f"{image_size}: the run was trained at {recipe_prev['image_size']}")
         data = data or recipe_prev.get("data")
@@ -154,7 +160,7 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
                                 on_bad_image=on_bad_image, workers=workers, progress=not quiet and rank == 0)
         return _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image_size, conditional,
                       given_options, resume, resume_state, recipe_prev, sets, command, quiet, log_with,
-                      dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+                      dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, revision=revision, token=token))
 
 
 def _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image_size, conditional, given_options,
@@ -174,7 +180,8 @@ def _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image
         # The network this config makes, on the meta device first: no --set can allocate gigabytes.
         dry_build(cls, cls.fit_config(cfg, DataInfo.of(ds), conditional), "the model config")
         setup = TrainSetup(out=out, seed=tcfg.seed, device=dev, data_spec=data, conditional=conditional,
-                           options=given_options, quiet=quiet or rank > 0)
+                           options=given_options, quiet=quiet or rank > 0, revision=flags["revision"],
+                           token=flags["token"])
         net, setup_recipe = cls.build_for_training(cfg, ds, setup)
     else:
         net = cls(cfg)
@@ -185,7 +192,8 @@ def _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image
     steps, batch_size, lr, seed = flags["steps"], flags["batch_size"], flags["lr"], flags["seed"]
     recipe = {"command": command or _call_text(family, data=data, out=str(out), steps=steps, batch_size=batch_size,
                                                lr=lr, image_size=image_size, seed=seed, conditional=conditional,
-                                               resume=str(resume) if resume else None, overrides=sets, **given_options),
+                                               resume=str(resume) if resume else None, overrides=sets,
+                                               revision=flags["revision"], **given_options),
               "data": data, **({"data_b": given_options["data_b"]} if given_options.get("data_b") else {}),
               "data_note": ds.note, "image_size": image_size, "train_images": ds.count, "world_size": world,
               "data_options": {"split": data_opts.split, "columns": data_opts.columns, "stream": data_opts.stream,
@@ -238,5 +246,15 @@ def _base_config(cls, config) -> dict:
 
 
 def command_line(argv: list[str]) -> str:
-    """The recipe's record of a command line, quoted so it can be run again."""
-    return "gmkit " + shlex.join(argv)
+    """The recipe's record of a command line, quoted so it can be run again; a ``--token`` value is
+    replaced by ``***`` (checkpoints are shared, tokens are secrets)."""
+    shown, hide = [], False
+    for arg in argv:
+        if hide:
+            shown.append("***")
+        elif arg.startswith("--token="):
+            shown.append("--token=***")
+        else:
+            shown.append(arg)
+        hide = arg == "--token" and not hide
+    return "gmkit " + shlex.join(shown)

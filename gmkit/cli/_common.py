@@ -121,4 +121,9 @@ def parse_int_list(name: str, text: str) -> list[int]:
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
 REVISION_HELP = "Hub repos: the branch, tag, commit or refs/pr/N to read (also MODEL@REVISION)."
 TOKEN_HELP = "Hub repos: a Hugging Face token for private or gated repos (default: HF_TOKEN or `hf auth login`)."
+# Commands over several models (bench, compare): one --revision names the one Hub repo among them.
+MULTI_REVISION_HELP = ("Hub repos: the branch, tag, commit or refs/pr/N of the one Hub repo in --models (with several, "
+                       "write each as org/name@REVISION).")
+MULTI_TOKEN_HELP = ("Hub repos: a Hugging Face token for every Hub repo in --models and a Hub --extractor "
+                    "(default: HF_TOKEN or `hf auth login`).")
 DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, fp16 or bf16."

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, parse_int_list, positive, resolve_device, resolve_dtype
+from ._common import DEVICE_HELP, MULTI_REVISION_HELP, MULTI_TOKEN_HELP, parse_int_list, positive, resolve_device, resolve_dtype
 from .output import Output
 
 
@@ -28,6 +28,8 @@ def bench_cmd(
     full: bool = typer.Option(False, "--full", help="Time complete samplings; by default runs of more than 16 network calls are "
                               "timed at 4 and 8 steps and extrapolated (said so in the output)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=MULTI_REVISION_HELP),
+    token: Optional[str] = typer.Option(None, "--token", help=MULTI_TOKEN_HELP),
     dtype: str = typer.Option("auto", "--dtype", help="Comma-separated: auto (fp32 on CPU, bf16 on GPU), fp32, fp16, bf16."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
     compile_both: bool = typer.Option(False, "--compile-both", help="Sweep eager and compiled."),
@@ -47,6 +49,7 @@ def bench_cmd(
     from .. import __version__
     from ..bench import CLAIM_TOLERANCE, PROBE_STEPS, QUICK_CALLS, ddim_claim, latent_vs_pixel, plot_sweep, sweep
     from ..errors import GmkitError
+    from ..registry import with_revision
 
     output = Output(json_out, quiet)
 
@@ -55,6 +58,7 @@ def bench_cmd(
     names = _names(models)
     if not names:
         raise GmkitError("--models: give at least one model")
+    names = with_revision(names, revision)  # before anything loads: a revision for several repos is refused
     step_list = parse_int_list("--steps", steps) if steps else [None]
     batches = parse_int_list("--batch-size", batch_size)
     samplers = _names(sampler) if sampler else [None]
@@ -72,9 +76,10 @@ def bench_cmd(
     if score:  # the extractor and its weights once, before any benchmark: a missing one fails here, in one line
         from ..measure import quality_extractor
 
-        ext = quality_extractor(reference, extractor, str(dev))
+        ext = quality_extractor(reference, extractor, str(dev), token=token)
     rows, skipped = sweep(names, samplers, step_list, batches, dtypes, compiles, dev, runs,
-                          quality_samples if score else 0, reference, say=output.message, full=full, extractor=ext)
+                          quality_samples if score else 0, reference, say=output.message, full=full, extractor=ext,
+                          token=token)
     if not rows:
         raise GmkitError("nothing could be benched: " + "; ".join(f"{s['model']}: {s['reason']}" for s in skipped))
     env = {"torch": torch.__version__, "gmkit": __version__, "device": str(dev), "threads": torch.get_num_threads(),
@@ -90,7 +95,7 @@ def bench_cmd(
     result = {"results": rows, "environment": env, "skipped": skipped}
     if claim is not None:
         result["ddim_claim"] = claim
-    latent = latent_vs_pixel(rows, dev, runs, say=output.message, full=full)
+    latent = latent_vs_pixel(rows, dev, runs, say=output.message, full=full, token=token)
     if latent:
         result["latent_vs_pixel"] = latent
     if out is not None:

@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP, DTYPE_HELP, parse_int_list, positive, resolve_device, resolve_dtype
+from ._common import DEVICE_HELP, DTYPE_HELP, MULTI_REVISION_HELP, MULTI_TOKEN_HELP, parse_int_list, positive, resolve_device, resolve_dtype
 from .output import Output
 
 DEFAULT_MODELS = "vae,vqvae,augvae,gan,flow,ddpm,ddim"
 
 
 def compare_cmd(
-    models: str = typer.Option(DEFAULT_MODELS, "--models", help="Comma-separated model sources (bundled names, run folders, files, image folders)."),
+    models: str = typer.Option(DEFAULT_MODELS, "--models", help="Comma-separated model sources (bundled names, run folders, files, Hub repos org/name[@REVISION], image folders)."),
     data: str = typer.Option("mnist", "--data", help="Data every model is measured on: a bundled name, a folder, a Hugging Face dataset (quality against its held-out split)."),
     extractor: Optional[str] = typer.Option(None, "--extractor", help="Feature extractor for sample quality: inception (FID), dinov2, clip, mnist, or a transformers model (folder or Hub id). Default: mnist for the bundled digits, else inception."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", "--output", help="Folder for report.json, samples.png, plots and index.html."),
@@ -28,6 +28,8 @@ def compare_cmd(
     train_steps: int = typer.Option(200, "--train-steps", help="Steps of each --seeds run."),
     log: list[str] = typer.Option([], "--log", help="MODEL=PATH: the log.jsonl (or run folder) a model was trained with."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    revision: Optional[str] = typer.Option(None, "--revision", help=MULTI_REVISION_HELP),
+    token: Optional[str] = typer.Option(None, "--token", help=MULTI_TOKEN_HELP),
     dtype: str = typer.Option("fp32", "--dtype", help=DTYPE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -62,7 +64,7 @@ def compare_cmd(
                  sweep_samples=sweep_samples, likelihood_images=likelihood_images, seeds=seeds,
                  train_steps=train_steps, seed_samples=min(64, samples), logs=logs, device=str(dev),
                  dtype=str(dt).replace("torch.", ""))
-    report, cols = compare(names, s, say=output.message)
+    report, cols = compare(names, s, say=output.message, revision=revision, token=token)
     if out is not None:
         write_report(report, cols, out)
         output.message(f"gmkit: wrote {out / 'report.json'}, {out / 'samples.png'}, plots and {out / 'index.html'} "

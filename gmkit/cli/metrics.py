@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from ._common import TOKEN_HELP
 from .output import Output
 
 EXTRACTOR_HELP = ("Feature extractor: inception (FID; the published pt_inception-2015-12-05 weights), dinov2, clip, "
@@ -28,6 +29,8 @@ def metrics_cmd(
     prompt: Optional[str] = typer.Option(None, "--prompt", help="CLIP score: the prompt every image was made from."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="CLIP score: a text file with one prompt per image, in file order."),
     class_label: Optional[int] = typer.Option(None, "--class", help="Also report the share classified as this class (mnist extractor)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub extractors (org/name, dinov2, clip): the branch, tag, commit or refs/pr/N to read (also --extractor org/name@REVISION)."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     device: str = typer.Option("cpu", "--device", help="Device for the extractor: cpu, cuda, mps."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -40,8 +43,10 @@ def metrics_cmd(
     if save_stats:
         if not save_stats.endswith(".safetensors"):
             raise GmkitError(f"--save-stats {save_stats}: give a .safetensors path")
-        command = f"gmkit metrics {samples} --save-stats {save_stats}" + (f" --extractor {extractor}" if extractor else "")
-        ref = write_reference(samples, save_stats, extractor, extractor_weights, device=device, command=command)
+        command = (f"gmkit metrics {samples} --save-stats {save_stats}" + (f" --extractor {extractor}" if extractor else "")
+                   + (f" --revision {revision}" if revision else ""))  # never the token
+        ref = write_reference(samples, save_stats, extractor, extractor_weights, device=device, command=command,
+                              revision=revision, token=token)
         info = {"stats": save_stats, "reference": ref.description, "extractor": ref.extractor,
                 "features": list(ref.features.shape), "baseline_pool": len(ref.pool)}
         output.result(info)
@@ -49,7 +54,7 @@ def metrics_cmd(
                        f"{ref.features.shape[1]} features, baseline pool {len(ref.pool)} -> {save_stats}")
         return
     result = evaluate(samples, reference, extractor, extractor_weights=extractor_weights, class_label=class_label,
-                      prompts=_prompts(prompt, prompts), device=device)
+                      prompts=_prompts(prompt, prompts), device=device, revision=revision, token=token)
     for w in result["warnings"]:  # never silenced, not even by --quiet
         print(f"gmkit: warning: {w}", file=sys.stderr, flush=True)
     for n in result["notes"]:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE_HELP
+from ._common import DEVICE_HELP, TOKEN_HELP
 from .output import Output
 
 _T = {"steps": 10000, "batch_size": 64, "lr": 1e-3, "checkpoint_every": 1000}  # TrainConfig's defaults, for --help
@@ -40,7 +40,9 @@ def train_cmd(
     scale: Optional[int] = typer.Option(None, "--scale", show_default="4", help="sr: upsampling factor per side, e.g. 2 or 4."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder exactly where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="--out holds a run already: replace it (else refused; --resume continues it)."),
-    autoencoder: Optional[str] = typer.Option(None, "--autoencoder", show_default="train one into OUT/autoencoder first", help="ldm: the first-stage autoencoder; vqgpt: the first-stage vqvae (a model source)."),
+    autoencoder: Optional[str] = typer.Option(None, "--autoencoder", show_default="train one into OUT/autoencoder first", help="ldm: the first-stage autoencoder; vqgpt: the first-stage vqvae (a model source: run folder, file or Hub repo org/name[@REVISION])."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="ldm, vqgpt: the branch, tag, commit or refs/pr/N of a Hub repo --autoencoder (also --autoencoder org/name@REVISION)."),
+    token: Optional[str] = typer.Option(None, "--token", help="ldm, vqgpt: " + TOKEN_HELP.removeprefix("Hub repos: ") + " For a Hub repo --autoencoder; never written into the run."),
     ae_steps: Optional[int] = typer.Option(None, "--ae-steps", show_default="3000", help="ldm, vqgpt: steps of the first stage they train when --autoencoder is not given."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON file with the family config."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: key=value (family config, or train.key=value)."),
@@ -65,7 +67,7 @@ def train_cmd(
                         split=split, columns={k: v for k, v in (("image", image_column), ("label", label_column),
                                                                 ("caption", caption_column)) if v},
                         stream=stream, random_flip=random_flip, random_crop=random_crop, workers=workers,
-                        preset=preset, grad_accum=grad_accum, log_with=log_with,
+                        preset=preset, grad_accum=grad_accum, log_with=log_with, revision=revision, token=token,
                         sde=sde, scale=scale, autoencoder=autoencoder, ae_steps=ae_steps, data_b=data_b)
     except KeyboardInterrupt:  # the loop saved a checkpoint and said so
         raise typer.Exit(130) from None

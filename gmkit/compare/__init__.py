@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,7 @@ import torch
 
 from .. import __version__
 from ..errors import GmkitError
-from ..measure import quality_extractor, quality_problem, score_images
+from ..measure import quality_extractor, score_images
 from .claims import TEXTBOOK, textbook_claims
 from .columns import PROPERTIES, Column, Settings, _quality_cells, likelihood, measure, seed_spread, steps_sweep
 from .columns_base import na
@@ -36,25 +36,37 @@ __all__ = ["compare", "Settings", "Column", "measure", "likelihood", "table_rows
 
 
 def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda m: None,
-            workdir: Path | None = None) -> tuple[dict, list[Column]]:
+            workdir: Path | None = None, revision: str | None = None,
+            token: str | None = None) -> tuple[dict, list[Column]]:
+    """The table for ``models``. ``revision``: of the one Hub repo among them (named ``org/name@REVISION``
+    in the report); ``token``: for every Hub repo and a Hub extractor (never written into the report)."""
     from ..data import load_data
+    from ..registry import with_revision
 
     t_start = time.perf_counter()
+    pinned = with_revision(models, revision)  # before anything loads: a revision for several repos is refused
+    if pinned != list(models):  # --log names the model as given
+        renamed = dict(zip(models, pinned))
+        s = replace(s, logs={renamed.get(k, k): v for k, v in s.logs.items()})
+    models = pinned
     dev = torch.device(s.device)
     dt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[s.dtype]
     try:
         test_data = load_data(s.data, "test")
     except GmkitError as e:
         raise GmkitError(f"--data {s.data}: {e}") from None
-    why = quality_problem(s.data, s.extractor, s.device)  # one extractor for every quality cell, named in the report
+    ext = None
+    try:  # one extractor for every quality cell, loaded once and named in the report
+        ext, why = quality_extractor(s.data, s.extractor, s.device, token=token), None
+    except GmkitError as e:
+        why = str(e)
     if why:
         say(f"gmkit: warning: sample quality is n/a: {why}")
         extractor_info = {"error": why}
     else:
-        ext = quality_extractor(s.data, s.extractor, s.device)
         extractor_info = {"name": ext.name, "spec": ext.spec, "description": ext.description, "fd_name": ext.fd_name,
                           "kid_name": ext.kid_name}
-    cols = [measure(m, s, test_data, dev, dt, say) for m in models]
+    cols = [measure(m, s, test_data, dev, dt, say, token=token, ext=ext) for m in models]
     # The same n for every model: FD is biased by the sample count, KID is not.
     ns = [c.cells["quality"]["n"] for c in cols if "n" in c.cells.get("quality", {})]
     common = min(ns) if ns else None
@@ -66,19 +78,19 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
                                              "text": f"{q['fd']:.2f} (n={common}; real {q['baseline_fd']:.2f})"}
             else:
                 finite = c.images[torch.isfinite(c.images).flatten(1).all(1)]
-                qc = score_images(finite[:common], s.data, f"first {common} finite of 0-{q['n'] - 1}", s.extractor,
-                                  s.device)
+                qc = score_images(finite[:common], s.data, f"first {common} finite of 0-{q['n'] - 1}",
+                                  ext or s.extractor, s.device)
                 c.cells["quality_common"] = {"n": common, "fd": qc["fd"], "baseline_fd": qc["baseline_fd"],
                                              "text": f"{qc['fd']:.2f} (n={common}; real {qc['baseline_fd']:.2f})"}
         elif "quality_common" not in c.cells:
             c.cells["quality_common"] = dict(c.cells.get("quality", na("no samples")))
-    sweep = steps_sweep(cols, s, dev, say) if not why else []
+    sweep = steps_sweep(cols, s, dev, say, ext) if not why else []
     seeds = {}
     if s.seeds:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="gmkit-compare-") as tmp:
-            seeds = seed_spread(cols, s, dev, Path(workdir or tmp) / "seed-runs", say)
+            seeds = seed_spread(cols, s, dev, Path(workdir or tmp) / "seed-runs", say, ext)
         for c in cols:
             sp = seeds.get(c.family)
             if sp:

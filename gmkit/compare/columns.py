@@ -161,7 +161,10 @@ LABELS = {"family": "family", "latent": "latent space", "stability": "training s
           "trait": "distinctive trait (textbook)"}
 
 
-def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], None]) -> Column:
+def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], None], token: str | None = None,
+            ext=None) -> Column:
+    """One model's column. ``token``: for a Hub repo ``source``; ``ext``: the quality extractor, loaded
+    once by the caller (else each score loads ``s.extractor``)."""
     from ..registry import load
 
     col = Column(source)
@@ -176,10 +179,10 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
         for p in PROPERTIES:
             col.cells[p] = na(reason)
         col.cells["family"] = {"text": f"images ({len(x)} files)"}
-        col.cells["quality"] = _quality_cells(col, x, s, f"files of {source}")
+        col.cells["quality"] = _quality_cells(col, x, s, f"files of {source}", ext)
         return col
     try:
-        net, src = load(source, dev, dt)
+        net, src = load(source, dev, dt, token=token)
     except GmkitError as e:
         say(f"gmkit: warning: {source}: {e}")
         reason = "unknown model" if "unknown model" in str(e) else str(e)
@@ -239,7 +242,7 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
                                       "text": f"{calls}" + (f" ({flops / 1e9:.2f} GFLOP/image)" if flops else "")}
     else:
         col.cells["speed"] = na("no full batch was timed")
-    col.cells["quality"] = _quality_cells(col, images, s, f"0-{n - 1}")
+    col.cells["quality"] = _quality_cells(col, images, s, f"0-{n - 1}", ext)
     if test_data is not None:
         col.cells["likelihood"] = likelihood(net, test_data, s.likelihood_images)
     col.net = net  # kept for the quality-vs-steps sweep; dropped before the report is written
@@ -247,8 +250,8 @@ def measure(source: str, s: Settings, test_data, dev, dt, say: Callable[[str], N
     return col
 
 
-def _quality_cells(col: Column, images: torch.Tensor, s: Settings, seeds: str) -> dict:
-    reason = quality_problem(s.data, s.extractor, s.device)
+def _quality_cells(col: Column, images: torch.Tensor, s: Settings, seeds: str, ext=None) -> dict:
+    reason = None if ext is not None else quality_problem(s.data, s.extractor, s.device)
     if reason:
         col.cells["kid"] = col.cells["precision_recall"] = na(reason)
         return na(reason)
@@ -257,7 +260,7 @@ def _quality_cells(col: Column, images: torch.Tensor, s: Settings, seeds: str) -
     if bad:  # a model that emits NaN is measured on the rest, and the table says how many it lost
         images = images[finite]
     try:
-        q = score_images(images, s.data, seeds, s.extractor, s.device)
+        q = score_images(images, s.data, seeds, ext or s.extractor, s.device)
     except GmkitError as e:
         reason = f"{bad} of {len(finite)} samples non-finite" if bad else str(e)
         col.cells["kid"] = col.cells["precision_recall"] = na(reason)
@@ -276,7 +279,7 @@ def _quality_cells(col: Column, images: torch.Tensor, s: Settings, seeds: str) -
 
 # -- quality vs steps, seeds, the whole table -------------------------------------------------------
 
-def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
+def steps_sweep(cols: list[Column], s: Settings, dev, say, ext=None) -> list[dict]:
     """DDIM at ``sweep_steps`` for each diffusion checkpoint, plus the columns' own points."""
     points, done = [], set()
     for c in cols:
@@ -297,14 +300,14 @@ def steps_sweep(cols: list[Column], s: Settings, dev, say) -> list[dict]:
             opts.pop("eta", None)
             say(f"gmkit: compare {c.source}: quality at {sweep_sampler} {st} steps ({s.sweep_samples} samples) ...")
             images, _ = generate(net, opts, s.sweep_samples, min(s.batch_size, s.sweep_samples), dev)
-            q2 = score_images(images, s.data, f"0-{s.sweep_samples - 1}", s.extractor, s.device)
+            q2 = score_images(images, s.data, f"0-{s.sweep_samples - 1}", ext or s.extractor, s.device)
             points.append({"checkpoint": ckpt, "model": f"{c.source} (sweep)", "sampler": sweep_sampler, "steps": st,
                            "n": q2["n"], "fd": q2["fd"], "kid": q2["kid"], "baseline_fd": q2["baseline_fd"],
                            "fd_name": q2["fd_name"], "kid_name": q2["kid_name"]})
     return points
 
 
-def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say) -> dict:
+def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say, ext=None) -> dict:
     """Train ``s.seeds`` short runs per family (default config, --train-steps) and score each."""
     from ..config import TrainConfig, from_dict, to_dict
     from ..data import load_data
@@ -338,7 +341,7 @@ def seed_spread(cols: list[Column], s: Settings, dev, workdir: Path, say) -> dic
             opts, calls, _ = sample_options(trained, src.defaults, None, None)
             opts = {**opts, **dict(trained.preview_options)} if calls > s.slow_steps else opts
             images, _ = generate(trained, opts, s.seed_samples, min(s.batch_size, s.seed_samples), dev)
-            q = score_images(images, s.data, f"0-{s.seed_samples - 1}", s.extractor, s.device)
+            q = score_images(images, s.data, f"0-{s.seed_samples - 1}", ext or s.extractor, s.device)
             stab = stability_from_log(read_log(out / "log.jsonl"), str(out / "log.jsonl"))
             runs.append({"seed": seed, "fd": q["fd"], "kid": q["kid"], "train_seconds": round(time.perf_counter() - t0, 1),
                          "tail_cv": stab.get("tail_cv"), "diverged": stab.get("diverged", False), "sample_options": opts})

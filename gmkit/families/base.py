@@ -81,6 +81,8 @@ class TrainSetup:
     conditional: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # the family's ``train_options`` given
     quiet: bool = False
+    revision: str | None = None  # of a Hub model source among the options (the first stage)
+    token: str | None = field(default=None, repr=False)  # for Hub model sources; never recorded
 
 
 @dataclass(frozen=True)

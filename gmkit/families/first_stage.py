@@ -45,9 +45,12 @@ def build_with_first_stage(owner_cls, config, data, setup: TrainSetup, stage: Fi
     if source is None:
         source = _train_first_stage(owner_cls.name, config, data, setup, stage,
                                     setup.options.get("ae_steps", DEFAULT_AE_STEPS))
+    from ..interop.hub import parse_hub_id
     from ..registry import resolve
 
-    r = resolve(source)
+    r = resolve(source, revision=setup.revision, token=setup.token)
+    if setup.revision is not None:  # the recipe names the revision read: org/name@REVISION
+        source = parse_hub_id(source, setup.revision).label
     if r.family.name != stage.family:
         article = "an" if stage.family[0] in "aeiou" else "a"
         raise OptionError("autoencoder", f"{{autoencoder}} {source}: that is a {r.family.name} model, not {article} {stage.family}")

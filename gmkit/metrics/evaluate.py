@@ -48,22 +48,24 @@ def image_set(images):
 
 
 def resolve(reference: str, extractor: str | Extractor | None, weights: str | None = None,
-            device: str | torch.device = "cpu") -> Extractor:
-    """The extractor to use: the one given, else the reference's own (statistics file, bundled digits), else inception."""
+            device: str | torch.device = "cpu", revision: str | None = None, token: str | None = None) -> Extractor:
+    """The extractor to use: the one given, else the reference's own (statistics file, bundled digits), else
+    inception. ``revision`` / ``token``: for a Hub extractor."""
     if isinstance(extractor, Extractor):
         return extractor
     if extractor is None and weights:  # Inception weights name their extractor
         extractor = "inception"
-    return get_extractor(extractor or default_extractor(reference), weights, device)
+    return get_extractor(extractor or default_extractor(reference), weights, device, revision=revision, token=token)
 
 
 def evaluate(images, reference: str | Reference = "mnist", extractor: str | Extractor | None = None, *,
              extractor_weights: str | None = None, class_label: int | None = None, prompts: list[str] | None = None,
-             device: str | torch.device = "cpu") -> dict:
+             device: str | torch.device = "cpu", revision: str | None = None, token: str | None = None) -> dict:
     """Metrics of ``images`` (a (N, C, H, W) tensor in [-1, 1], a folder, a .safetensors tensor file) against
     ``reference`` (a data source, a statistics file or a loaded ``Reference``) through ``extractor``, beside
     the real-vs-real baseline; the result names the extractor and what each figure is called (FID only
-    for the published Inception weights). Folders are read in batches, never whole."""
+    for the published Inception weights). Folders are read in batches, never whole. ``revision`` /
+    ``token``: for a Hub extractor (``org/name``, ``dinov2``, ``clip``)."""
     source = image_set(images)
     n, (c, h, w) = source.count, source.shape
     if c not in (1, 3):
@@ -71,7 +73,7 @@ def evaluate(images, reference: str | Reference = "mnist", extractor: str | Extr
     if n <= K_PR:
         raise GmkitError(f"need more than {K_PR} images to score, got {n}")
     spec = reference.source if isinstance(reference, Reference) else reference
-    ext = resolve(spec, extractor, extractor_weights, device)
+    ext = resolve(spec, extractor, extractor_weights, device, revision, token)
     classify = hasattr(ext, "logits")  # a classifier (mnist): how many samples read as some class, and which
     if class_label is not None and not classify:
         raise OptionError("class_label", f"needs a classifying extractor (mnist); {ext.name} does not classify")
@@ -129,11 +131,12 @@ def evaluate(images, reference: str | Reference = "mnist", extractor: str | Extr
 
 
 def save_stats(source: str, path: str, extractor: str | None = None, extractor_weights: str | None = None,
-               pool_size: int = 10_000, device: str | torch.device = "cpu", command: str | None = None) -> Reference:
+               pool_size: int = 10_000, device: str | torch.device = "cpu", command: str | None = None,
+               revision: str | None = None, token: str | None = None) -> Reference:
     """Write the reference statistics of ``source`` (as ``--reference`` would use them) to ``path``."""
     from .reference import from_source, write_stats
 
-    ext = resolve(source, extractor, extractor_weights, device)
+    ext = resolve(source, extractor, extractor_weights, device, revision, token)
     ref = from_source(source, ext, pool_size=pool_size)
     write_stats(ref, path, command)
     return ref

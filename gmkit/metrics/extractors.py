@@ -6,13 +6,15 @@
     clip         openai/clip-vit-large-patch14 through transformers  FD-clip, KID-clip; CLIP score
     PATH|org/id  any transformers vision model, its own processor    FD-<name>, KID-<name>
 
+Hub extractors (``org/id``, ``org/id@REVISION``, and the two aliases) resolve as Hub models do
+(``interop/hub.py``): a revision, a token, and the cached snapshot at once when the Hub is unreachable.
+
 Only distances over the published Inception weights are called FID: every other figure carries the
 extractor's name, so two numbers with the same name are comparable.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -22,7 +24,6 @@ from ..errors import GmkitError, OptionError
 ALIASES = {"dinov2": "facebook/dinov2-large", "clip": "openai/clip-vit-large-patch14"}
 # Bundled data sets whose own extractor is the default for them.
 DATA_EXTRACTOR = {"mnist": "mnist", "mnist-captions": "mnist", "digits": "mnist"}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class Extractor:
@@ -121,24 +122,41 @@ def default_extractor(reference: str) -> str:
     return DATA_EXTRACTOR.get(reference.split(":", 1)[0] if not Path(reference).exists() else "", "inception")
 
 
-def get_extractor(spec: str, weights: str | None = None, device: str | torch.device = "cpu") -> Extractor:
-    """An extractor by name (``mnist``, ``inception``, ``dinov2``, ``clip``), transformers folder or Hub id."""
+def get_extractor(spec: str, weights: str | None = None, device: str | torch.device = "cpu",
+                  revision: str | None = None, token: str | None = None) -> Extractor:
+    """An extractor by name (``mnist``, ``inception``, ``dinov2``, ``clip``), transformers folder or Hub id
+    (``org/name[@revision]``). ``revision`` / ``token``: for Hub extractors; a revision is written into
+    the spec (``facebook/dinov2-large@REV``), so statistics files rebuild the same extractor."""
     spec = (spec or "").strip()
-    ext = _build(spec, weights)
+    if revision is not None:
+        spec = _pinned(spec, revision)
+    ext = _build(spec, weights, token)
     ext.spec = spec
     return ext.to(device)
 
 
-def _build(spec: str, weights: str | None) -> Extractor:
+def _pinned(spec: str, revision: str) -> str:
+    """``spec`` as a Hub id at ``revision`` (an alias becomes its repo)."""
+    from ..interop.hub import parse_hub_id
+
+    hub = None if spec in ("mnist", "inception") or Path(spec).is_dir() else parse_hub_id(ALIASES.get(spec, spec), revision)
+    if hub is None:
+        raise OptionError("revision", f"applies to Hub extractors (org/name, dinov2, clip), not {spec!r}")
+    return hub.label
+
+
+def _build(spec: str, weights: str | None, token: str | None = None) -> Extractor:
     if weights and spec != "inception":
         raise OptionError("extractor_weights", f"applies to the inception extractor only, not {spec!r}")
     if spec == "mnist":
         return DigitExtractor()
     if spec == "inception":
         return InceptionExtractor(weights)
+    from ..interop.hub import HUB_ID
+
     if spec in ALIASES or Path(spec).is_dir() or HUB_ID.match(spec):
         from .hf import HFExtractor
 
-        return HFExtractor(ALIASES.get(spec, spec), name=spec if spec in ALIASES else None)
+        return HFExtractor(ALIASES.get(spec, spec), name=spec if spec in ALIASES else None, token=token)
     raise OptionError("extractor", f"{spec!r} is unknown: use mnist, inception, dinov2, clip, a folder with a saved "
                                    "transformers vision model, or a Hub id such as facebook/dinov2-base")

@@ -4,14 +4,16 @@ Images go through the model's own saved image processor (its resize, crop and no
 the model's authors run it. Features: CLIP-style models give their projected image embedding
 (``get_image_features``, as CLIP-FD implementations use); others their pooled output (DINOv2: the
 layer-normed CLS token, the features of Stein et al. 2023), else the mean of the last hidden state.
-Weights are read from safetensors only, from a folder or the Hugging Face cache.
+Weights are read from safetensors only, from a folder or a Hub repo (``org/name[@revision]``), which
+resolves as Hub models do (``interop/hub.py``): one listing call, then only the files a model folder
+needs; the cached snapshot at once when the Hub is unreachable, and ``HF_HUB_OFFLINE=1`` honoured.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,30 +41,31 @@ def quiet_transformers():
             tlog.enable_progress_bar()
 
 
-def resolve_folder(source: str) -> Path:
-    """A local folder as is; a Hub id through the local cache (network only if it is allowed)."""
+def resolve_folder(source: str, revision: str | None = None, token: str | None = None) -> Path:
+    """A local folder as is; a Hub id (``org/name[@revision][/sub]``) through the Hub code models use."""
+    from ..interop.hub import hub_repo, parse_hub_id
+
     p = Path(source)
     if p.is_dir():
+        if revision is not None:
+            raise GmkitError(f"extractor {source}: a local folder has no revisions (--revision applies to Hub ids)")
         if not (p / "config.json").is_file():
             raise GmkitError(f"{source}: no config.json here: not a saved transformers model (save_pretrained writes one)")
         return p
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
-    except ImportError:  # pragma: no cover - a core dependency
-        raise GmkitError("Hub extractors need huggingface-hub (pip install huggingface-hub)") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    cache_dir = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
-    try:
-        return Path(snapshot_download(source, allow_patterns=HUB_FILES, cache_dir=cache_dir, local_files_only=offline))
-    except LocalEntryNotFoundError:
-        raise GmkitError(f"extractor {source}: no such folder, and not in the local Hugging Face cache with the Hub out of reach; "
-                         f"download it once with network access (hf download {source}) or give a saved model "
-                         "folder") from None
-    except RepositoryNotFoundError:
-        raise GmkitError(f"extractor {source}: no such Hub repository") from None
-    except OSError as e:
-        raise GmkitError(f"extractor {source}: download failed ({e})") from None
+        hub = parse_hub_id(source, revision)
+        if hub is None:
+            raise GmkitError(f"{source}: no such folder, and not a Hub id (org/name)")
+        files = hub_repo(hub, token)
+        # The folder's own files only (transformers reads nothing from subfolders), safetensors weights alone.
+        wanted = sorted(n for n in files.names if "/" not in n and any(fnmatch.fnmatch(n, pat) for pat in HUB_FILES))
+        if "config.json" not in wanted:
+            raise GmkitError(f"{hub.label}: no config.json: not a saved transformers model")
+        if not any(n.endswith(".safetensors") for n in wanted):
+            raise GmkitError(f"{hub.label}: no .safetensors weights (gmkit never unpickles .bin files)")
+        return files.fetch(wanted)
+    except GmkitError as e:
+        raise GmkitError(f"extractor {e}") from None
 
 
 def folder_identity(folder: Path) -> str:
@@ -90,8 +93,8 @@ def to_pil(images: torch.Tensor) -> list:
 class HFExtractor(Extractor):
     batch = 32
 
-    def __init__(self, source: str, name: str | None = None):
-        folder = resolve_folder(source)
+    def __init__(self, source: str, name: str | None = None, revision: str | None = None, token: str | None = None):
+        folder = resolve_folder(source, revision, token)
         if not any(folder.glob("*.safetensors")):
             raise GmkitError(f"extractor {source}: no .safetensors weights (gmkit never unpickles .bin files)")
         try:
