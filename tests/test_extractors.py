@@ -164,6 +164,54 @@ def test_inception_refusals_are_one_line(rgb_folders, tmp_path, monkeypatch):
     assert r.code == 2 and "no such file" in r.err and len(r.err.strip().splitlines()) == 1
 
 
+def test_inception_weights_downloaded_once_checked_and_offline_refused(as_published, tmp_path, monkeypatch, capsys):
+    import io
+    import urllib.request
+
+    urls = []
+
+    def fake_urlopen(url, timeout=None):
+        urls.append((url, timeout))
+        return io.BytesIO(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    hub = tmp_path / "torch" / "hub" / "checkpoints" / inception.PUBLISHED_NAME
+    # offline (the test default): no request, one line saying how to provide the file
+    payload = as_published.read_bytes()
+    with pytest.raises(GmkitError, match="HF_HUB_OFFLINE is set.*--extractor-weights"):
+        inception.load_inception()
+    assert not urls and not hub.exists()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    # a file that is not the published one is refused and not left where the next run would find it
+    payload = b"not the weights"
+    with pytest.raises(GmkitError, match="does not have the published sha256"):
+        inception.load_inception()
+    assert not list(hub.parent.iterdir())
+    # the published file: fetched once into the torch hub cache, converted, then found without a request
+    payload = as_published.read_bytes()
+    net = inception.load_inception()
+    assert urls[-1] == (inception.PUBLISHED_URL, 20) and hub.read_bytes() == payload
+    assert "downloading the FID Inception weights once" in capsys.readouterr().err
+    again = inception.load_inception()
+    assert len(urls) == 2 and all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+
+
+def test_unreachable_inception_download_is_one_line(rgb_folders, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def unreachable(url, timeout=None):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    ref, samples = rgb_folders
+    r = run_cli("metrics", str(samples), "--reference", str(ref), "--extractor", "inception")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "Name or service not known" in r.err and "--extractor-weights" in r.err and "Traceback" not in r.err
+
+
 def _pil(x: torch.Tensor):
     from PIL import Image
 

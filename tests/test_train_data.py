@@ -117,3 +117,34 @@ def test_missing_tracker_package_is_one_line(tmp_path):
     if importlib.util.find_spec("trackio") is None:
         r = _run("digits", tmp_path / "y", 1, "--log-with", "trackio")
         assert r.code == 2 and "pip install trackio" in r.err and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("package", ["wandb", "trackio"])
+def test_wandb_like_trackers_get_scalars_images_and_finish(tmp_path, monkeypatch, package):
+    """wandb and trackio share one module-level API; a stand-in module records what gmkit calls."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType(package)
+    fake.init = lambda **kw: calls.append(("init", kw))
+    fake.log = lambda data, step=None: calls.append(("log", step, data))
+    fake.Image = lambda path: ("image", path)
+    fake.finish = lambda: calls.append(("finish",))
+    monkeypatch.setitem(sys.modules, package, fake)
+    monkeypatch.setenv("WANDB_MODE", "unset")  # recorded, so the value gmkit sets is undone afterwards
+    monkeypatch.delenv("WANDB_MODE")
+    out = tmp_path / package
+    r = _run("digits", out, 2, "--log-with", package)
+    assert r.code == 0, r.err
+    assert calls[0][0] == "init" and calls[0][1]["project"] == "gmkit" and calls[0][1]["name"] == package
+    assert "train" in calls[0][1]["config"]
+    scalars = [c for c in calls if c[0] == "log" and any(k.endswith("loss") for k in c[2])]
+    assert [c[1] for c in scalars] == [1, 2]
+    images = [c for c in calls if c[0] == "log" and "samples" in c[2]]
+    assert images and images[0][2]["samples"][0] == "image"
+    assert calls[-1] == ("finish",)
+    if package == "wandb":
+        import os
+
+        assert os.environ.get("WANDB_MODE") == "offline"  # never needs the network

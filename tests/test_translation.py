@@ -237,6 +237,14 @@ def test_cyclegan_samples_both_directions(pair_dirs, tmp_path):
     assert Image.open(tmp_path / "a.png").mode == "L"  # domain A is grey
     r = run_cli("sample", str(out), "--image", str(src), "--direction", "sideways", "--out", str(tmp_path / "b.png"))
     assert r.code == 2 and "a2b or b2a" in r.err
+    # each direction takes its own domain's channels: other images are converted, and a lossy conversion is said
+    r = run_cli("sample", str(out), "--image", str(src), "--direction", "a2b", "--out", str(tmp_path / "c.png"))
+    assert r.code == 0 and "colour image converted to greyscale" in r.err, r.err
+    assert Image.open(tmp_path / "c.png").mode == "RGB"  # domain B is colour
+    grey = tmp_path / "grey.png"
+    Image.fromarray(_shape_pair(5)[0]).save(grey)
+    r = run_cli("sample", str(out), "--image", str(grey), "--direction", "b2a", "--out", str(tmp_path / "d.png"))
+    assert r.code == 0 and "converted" not in r.err, r.err  # grey to a colour-input generator loses nothing
 
 
 # -- the bundled default ------------------------------------------------------------------------

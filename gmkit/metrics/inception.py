@@ -1,10 +1,11 @@
 """The FID network: InceptionV3 as ported from TensorFlow (pool3, 2048 features), in plain torch.
 
 Only the published ``pt_inception-2015-12-05`` weights (the file pytorch-fid and torch-fidelity
-download; sha256 below) turn a Frechet distance into *FID*. gmkit downloads nothing: it finds the
-file where those tools keep it (``~/.cache/torch/hub/checkpoints``), at ``GMKIT_INCEPTION_WEIGHTS``,
-or at a path given as the ``extractor_weights`` setting; reads it once with
-``torch.load(weights_only=True)`` (no code runs); and keeps a safetensors copy in gmkit's cache.
+download; sha256 below) turn a Frechet distance into *FID*. gmkit finds the file at a path given as
+the ``extractor_weights`` setting, at ``GMKIT_INCEPTION_WEIGHTS``, or where those tools keep it
+(``~/.cache/torch/hub/checkpoints``), and else downloads it there once (never with
+``HF_HUB_OFFLINE=1``); reads it once with ``torch.load(weights_only=True)`` (no code runs); and keeps
+a safetensors copy in gmkit's cache.
 
 Preprocessing is torch-fidelity's, which reproduces the original TensorFlow FID: 8-bit RGB, resized
 to 299x299 with TensorFlow 1's bilinear rule (no half-pixel offset), scaled by (x - 128) / 128.
@@ -210,10 +211,45 @@ def _hub_candidates() -> list[Path]:
     return [torch_home / "hub" / "checkpoints" / n for n in HUB_NAMES]
 
 
-def missing_message() -> str:
-    return (f"inception: the FID weights ({PUBLISHED_NAME}, 95.6 MB) are not on this machine and gmkit downloads "
-            f"nothing; fetch {PUBLISHED_URL} once and pass it with --extractor-weights PATH (or set "
+def missing_message(why: str = "HF_HUB_OFFLINE is set") -> str:
+    return (f"inception: the FID weights ({PUBLISHED_NAME}, 95.6 MB) are not on this machine and cannot be "
+            f"downloaded ({why}); fetch {PUBLISHED_URL} once and pass it with --extractor-weights PATH (or set "
             f"GMKIT_INCEPTION_WEIGHTS, or put it in ~/.cache/torch/hub/checkpoints/), or choose another --extractor")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download(dest: Path) -> Path:
+    """The published file, fetched once into ``dest`` (a temporary name renamed into place: an interrupted
+    download leaves nothing that looks complete), only once its sha256 is the published one."""
+    import hashlib
+    import sys
+    import urllib.request
+
+    if _offline():
+        raise GmkitError(missing_message())
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    h = hashlib.sha256()
+    try:
+        # a short timeout: an unreachable host is one line soon, not a long hang
+        with urllib.request.urlopen(PUBLISHED_URL, timeout=20) as r, open(tmp, "wb") as f:
+            # said once the host answers, so an unreachable one is the error line alone
+            print(f"downloading the FID Inception weights once ({PUBLISHED_BYTES / 1e6:.1f} MB) to {dest}",
+                  file=sys.stderr)
+            while chunk := r.read(1 << 20):
+                h.update(chunk)
+                f.write(chunk)
+    except (OSError, ValueError) as e:  # URLError, timeouts and disk errors are all OSError
+        tmp.unlink(missing_ok=True)
+        raise GmkitError(missing_message(f"{type(e).__name__}: {getattr(e, 'reason', e)}")) from None
+    if h.hexdigest() != PUBLISHED_SHA256:  # never leave a wrong file where the next run would find it
+        tmp.unlink(missing_ok=True)
+        raise GmkitError(missing_message(f"the download from {PUBLISHED_URL} does not have the published sha256"))
+    os.replace(tmp, dest)
+    return dest
 
 
 def convert(path: Path) -> dict[str, torch.Tensor]:
@@ -254,7 +290,8 @@ def _check_state(state, path) -> dict[str, torch.Tensor]:
 
 
 def locate_weights(path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """The published weights as tensors: an explicit path, the converted cache copy, or the torch hub cache."""
+    """The published weights as tensors: an explicit path, the converted cache copy, the torch hub cache,
+    or else a download into that cache."""
     from ..checkpoint import load_tensors
 
     path = path or os.environ.get("GMKIT_INCEPTION_WEIGHTS")
@@ -270,7 +307,7 @@ def locate_weights(path: str | os.PathLike | None = None) -> dict[str, torch.Ten
     for candidate in _hub_candidates():
         if candidate.is_file():
             return convert(candidate)
-    raise GmkitError(missing_message())
+    return convert(download(_hub_candidates()[0]))
 
 
 def load_inception(path: str | os.PathLike | None = None) -> FIDInception:
