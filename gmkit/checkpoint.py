@@ -84,6 +84,27 @@ def read_header(path: Path) -> dict:
         raise GmkitError(f"{path}: not a valid safetensors file ({e}); is it truncated or corrupt?") from None
 
 
+def copy_with_metadata(src: Path, dst: Path, metadata: dict[str, str]) -> None:
+    """A copy of safetensors ``src`` at ``dst`` (atomically) with its string metadata replaced: only the header
+    is rewritten and the tensor bytes are streamed, so a file of any size costs no memory."""
+    import shutil
+
+    header = read_header(src)
+    with open(src, "rb") as f:
+        start = 8 + int.from_bytes(f.read(8), "little")
+    header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors writes it
+
+    def write(tmp):
+        with open(src, "rb") as f, open(tmp, "wb") as out:
+            out.write(len(raw).to_bytes(8, "little") + raw)
+            f.seek(start)
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    atomic_write(Path(dst), write)
+
+
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:

@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .checkpoint import read_metadata
+from .checkpoint import copy_with_metadata, read_metadata, write_text
 from .errors import GmkitError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -61,6 +61,17 @@ def scrub(text: str) -> str:
     return _ABSOLUTE.sub(lambda m: ".../" + re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1], text)
 
 
+def scrub_recipe(value):
+    """The recipe (nested dicts, lists, strings) with every absolute local path cut, as ``scrub``."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: scrub_recipe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_recipe(v) for v in value]
+    return value
+
+
 def source_url() -> str | None:
     """Where gmkit's source lives (it is not on PyPI): GMKIT_SOURCE_URL, else the package's Source URL."""
     import os
@@ -101,17 +112,21 @@ def card_data(meta: dict, fmt: str = "gmkit", license_id: str | None = None):
                          datasets=datasets or None, tags=["gmkit", family, "generative-model"] + (["diffusers"] if fmt == "diffusers" else []))
 
 
-def model_card(repo: str, meta: dict, has_grid: bool, fmt: str = "gmkit", license_id: str | None = None) -> str:
-    """The README.md model card: a ModelCardData header, then how to use the model and how it was trained."""
+def model_card(repo: str, meta: dict, has_grid: bool, fmt: str = "gmkit", license_id: str | None = None,
+               keep_paths: bool = False) -> str:
+    """The README.md model card: a ModelCardData header, then how to use the model and how it was trained.
+    Absolute local paths are cut to their last component unless ``keep_paths``."""
     from huggingface_hub import ModelCard
+
+    clean = (lambda text: text) if keep_paths else scrub
 
     family = meta.get("gmkit.family", "?")
     recipe = json.loads(meta.get("gmkit.recipe", "{}") or "{}")
     config = json.loads(meta.get("gmkit.config", "{}") or "{}")
-    data = scrub(str(recipe.get("data") or "unknown"))
+    data = clean(str(recipe.get("data") or "unknown"))
     lines = [f"# {repo.split('/')[-1]}", "", f"A **{family}** model trained with gmkit on **{data}**."]
     if recipe.get("data_note"):
-        lines += ["", f"Data: {scrub(recipe['data_note'])}"]
+        lines += ["", f"Data: {clean(recipe['data_note'])}"]
     if recipe.get("data_license"):
         lines += ["", f"Data license: {recipe['data_license']}"]
     if has_grid:
@@ -134,10 +149,10 @@ def model_card(repo: str, meta: dict, has_grid: bool, fmt: str = "gmkit", licens
             ("training images", recipe.get("train_images")), ("image size", recipe.get("image_size")),
             ("device", recipe.get("device")), ("processes", recipe.get("world_size")), ("torch", recipe.get("torch")),
             ("gmkit", meta.get("gmkit.version")), ("autoencoder", recipe.get("autoencoder"))]
-    lines += ["| | |", "|---|---|"] + [f"| {k} | `{scrub(str(v))}` |" for k, v in rows if v not in (None, "")]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | `{clean(str(v))}` |" for k, v in rows if v not in (None, "")]
     if recipe.get("earlier_commands"):
-        lines += ["", "Resumed from: " + "; ".join(f"`{scrub(c)}`" for c in recipe["earlier_commands"])]
-    lines += ["", "## Config", "", "```json", scrub(json.dumps(config, indent=2)), "```", ""]
+        lines += ["", "Resumed from: " + "; ".join(f"`{clean(c)}`" for c in recipe["earlier_commands"])]
+    lines += ["", "## Config", "", "```json", clean(json.dumps(config, indent=2)), "```", ""]
     lines += (["The weights are one self-describing `model.safetensors`: its metadata holds this config, the family "
                "name and the recipe above.", ""] if fmt == "gmkit" else
               ["The weights are in diffusers' layout (`model_index.json`, one folder per component), written by "
@@ -146,12 +161,31 @@ def model_card(repo: str, meta: dict, has_grid: bool, fmt: str = "gmkit", licens
     return str(ModelCard(f"---\n{header}\n---\n\n" + "\n".join(lines)))
 
 
+# What prepare / export_diffusers write at the top of an upload folder: a default folder holding only
+# these (and gmkit's card) is gmkit's own and may be written afresh; anything else there is the user's.
+UPLOAD_ENTRIES = {"README.md", "samples.png", "model.safetensors", "config.json", "model_index.json", "unet", "vqvae",
+                  "vae", "scheduler", "text_encoder", "tokenizer"}
+
+
+def _is_upload_folder(folder: Path) -> bool:
+    card = folder / "README.md"
+    try:
+        names = {p.name for p in folder.iterdir()}
+        ours = card.is_file() and "- gmkit" in card.read_text(encoding="utf-8", errors="replace")[:4096]
+    except OSError:
+        return False
+    return ours and names <= UPLOAD_ENTRIES
+
+
 def prepare(run: str, repo: str, folder: Path, replace: bool = False, fmt: str = "gmkit",
-            license_id: str | None = None) -> list[str]:
+            license_id: str | None = None, keep_paths: bool = False) -> list[str]:
     """Write the upload folder: README.md (model card), samples.png, and the model: model.safetensors and
     config.json (``fmt="gmkit"``), or the diffusers layout (``fmt="diffusers"``, ``gmkit export``).
 
-    ``replace``: an existing folder (gmkit's own default location) is written afresh.
+    ``replace``: an existing folder at gmkit's own default location is written afresh if it holds only what
+    an earlier dry run wrote (otherwise it is refused: it is never deleted whatever it holds).
+    ``keep_paths``: the card and the model's recipe keep absolute local paths (by default cut to their last
+    component: an upload never shows your disk).
     """
     if not REPO_ID.match(repo):
         raise GmkitError(f"{repo!r}: expected a Hub repo id like yourname/gmkit-mnist-ddpm")
@@ -160,10 +194,11 @@ def prepare(run: str, repo: str, folder: Path, replace: bool = False, fmt: str =
     if not meta.get("gmkit.family"):
         raise GmkitError(f"{ckpt}: not a gmkit checkpoint (no gmkit.family in its metadata)")
     folder = Path(folder)
-    if replace and folder.is_dir():
+    if replace and folder.is_dir() and _is_upload_folder(folder):
         shutil.rmtree(folder)
     if folder.exists() and any(folder.iterdir()):
-        raise GmkitError(f"{folder}: already exists and is not empty; remove it or give another --out")
+        raise GmkitError(f"{folder}: already exists and is not empty" + (" (it holds files an earlier dry run did not write)"
+                         if replace else "") + "; remove it or give another --out")
     if fmt not in ("gmkit", "diffusers"):
         raise GmkitError(f"format {fmt!r}: push writes gmkit or diffusers")
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,15 +209,21 @@ def prepare(run: str, repo: str, folder: Path, replace: bool = False, fmt: str =
         net, src = load(str(ckpt))
         export_diffusers(net, src, folder)
     else:
-        shutil.copyfile(ckpt, folder / "model.safetensors")
-        (folder / "config.json").write_text(json.dumps({"gmkit.family": meta["gmkit.family"],
-                                                        "config": json.loads(meta.get("gmkit.config", "{}"))}, indent=2) + "\n")
+        shipped = dict(meta)
+        if not keep_paths and meta.get("gmkit.recipe"):
+            shipped["gmkit.recipe"] = json.dumps(scrub_recipe(json.loads(meta["gmkit.recipe"])))
+        copy_with_metadata(ckpt, folder / "model.safetensors", shipped)
+        write_text(folder / "config.json", json.dumps({"gmkit.family": meta["gmkit.family"],
+                                                       "config": json.loads(meta.get("gmkit.config", "{}"))}, indent=2) + "\n")
     preview = _latest_preview(ckpt.parent)
     if preview is not None:
-        shutil.copyfile(preview, folder / "samples.png")
+        from .checkpoint import atomic_write
+
+        atomic_write(folder / "samples.png", lambda tmp: shutil.copyfile(preview, tmp))
     else:
         _fresh_grid(ckpt, folder / "samples.png")
-    (folder / "README.md").write_text(model_card(repo, meta, has_grid=True, fmt=fmt, license_id=license_id))
+    write_text(folder / "README.md", model_card(repo, meta, has_grid=True, fmt=fmt, license_id=license_id,
+                                                keep_paths=keep_paths))
     return sorted(p.name for p in folder.iterdir())
 
 

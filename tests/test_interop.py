@@ -310,7 +310,10 @@ def test_push_dry_run_writes_the_upload_folder_with_a_model_card(tiny_run, tmp_p
     report = json.loads(r.out)
     assert report["uploaded"] is False and report["folder"] == str(out)
     assert sorted(report["files"]) == ["README.md", "config.json", "model.safetensors", "samples.png"]
-    assert (out / "model.safetensors").read_bytes() == (tiny_run / "model.safetensors").read_bytes()
+    from safetensors.torch import load_file
+
+    pushed, ours = load_file(out / "model.safetensors"), load_file(tiny_run / "model.safetensors")
+    assert pushed.keys() == ours.keys() and all(torch.equal(pushed[k], ours[k]) for k in ours)
     card = (out / "README.md").read_text()
     assert "library_name: gmkit" in card and "**ddpm**" in card and "**digits**" in card
     assert "gmkit sample myname/gmkit-mnist-ddpm" in card and "gmkit train ddpm --data digits" in card
@@ -331,6 +334,39 @@ def test_push_dry_run_writes_the_upload_folder_with_a_model_card(tiny_run, tmp_p
     assert r.code == 2 and "no such run folder" in r.err
     r = run_cli("push", str(tiny_run), "myname/x", "--out", str(tmp_path / "u3"))  # conftest sets HF_HUB_OFFLINE=1
     assert r.code == 2 and "HF_HUB_OFFLINE" in r.err
+
+
+def test_push_never_publishes_local_paths_nor_deletes_a_foreign_folder(tiny_run, tmp_path, monkeypatch):
+    import tempfile
+
+    from gmkit.checkpoint import read_metadata
+
+    local = str(tiny_run.parent)  # an absolute path the recipe holds (--out, run_folder)
+    assert local in read_metadata(tiny_run / "model.safetensors")["gmkit.recipe"]
+    out = tmp_path / "up"
+    assert run_cli("push", str(tiny_run), "me/x", "--dry-run", "--out", str(out)).code == 0
+    assert local not in read_metadata(out / "model.safetensors")["gmkit.recipe"]
+    assert local not in (out / "README.md").read_text() and ".../tiny" in (out / "README.md").read_text()
+    kept = tmp_path / "kept"
+    assert run_cli("push", str(tiny_run), "me/x", "--dry-run", "--out", str(kept), "--keep-local-paths").code == 0
+    assert local in read_metadata(kept / "model.safetensors")["gmkit.recipe"] and local in (kept / "README.md").read_text()
+    # A hub-upload/ folder beside a checkpoint that gmkit did not write is refused, never deleted.
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    shutil.copyfile(tiny_run / "model.safetensors", ckpt / "m.safetensors")
+    (ckpt / "hub-upload").mkdir()
+    (ckpt / "hub-upload" / "my-notes.txt").write_text("mine")
+    r = run_cli("push", str(ckpt / "m.safetensors"), "me/x", "--dry-run")
+    assert r.code == 2 and "did not write" in r.err and (ckpt / "hub-upload" / "my-notes.txt").read_text() == "mine"
+    shutil.rmtree(ckpt / "hub-upload")
+    assert run_cli("push", str(ckpt / "m.safetensors"), "me/x", "--dry-run").code == 0
+    assert run_cli("push", str(ckpt / "m.safetensors"), "me/x", "--dry-run").code == 0  # its own: written afresh
+    # A failed push removes its temporary copy of the model.
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    r = run_cli("push", str(tiny_run), "me/x")  # conftest sets HF_HUB_OFFLINE=1: the upload fails
+    assert r.code == 2 and "HF_HUB_OFFLINE" in r.err and not list(temp.iterdir())
 
 
 # -- Stable Diffusion: AutoencoderKL + UNet2DConditionModel + CLIP ----------------------------------

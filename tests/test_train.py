@@ -90,6 +90,44 @@ def test_interrupt_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
     assert read_metadata(out / "train_state.safetensors")["gmkit.step"] == "2"
 
 
+def test_kill_9_keeps_a_whole_checkpoint_that_resumes(tmp_path):
+    """A real process killed with SIGKILL while it checkpoints every step: the files left load, the run
+    resumes from the step they hold, and the next run removes any temporary file the kill left."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-m", "gmkit", "train", "ddpm", "--data", "digits", "--steps", "100000",
+                          "--batch-size", "8", "--checkpoint-every", "1", "--out", str(out), "-q", *TINY],
+                         env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240  # not a timing assertion: a bound on waiting for a few checkpoints
+        while p.poll() is None and time.monotonic() < deadline and len(_log_lines(out)) < 3:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == -signal.SIGKILL
+    from gmkit.checkpoint import read_metadata
+
+    step = int(read_metadata(out / "train_state.safetensors")["gmkit.step"])
+    assert step >= 1 and load_file(out / "train_state.safetensors") and load_file(out / "model.safetensors")
+    (out / ".model.safetensors.k9.tmp").write_bytes(b"as a kill -9 mid-write leaves it")
+    r = run_cli("train", "ddpm", "--steps", str(step + 1), "--resume", str(out))
+    assert r.code == 0 and f"from step {step}" in r.err, r.err[-2000:]
+    assert not list(out.glob(".*.tmp"))
+    assert json.loads(read_metadata(out / "model.safetensors")["gmkit.recipe"])["step"] == step + 1
+
+
+def _log_lines(out: Path) -> list[str]:
+    try:
+        return (out / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+
+
 def test_ddp_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -254,7 +254,7 @@ def download(dest: Path) -> Path:
 
 def convert(path: Path) -> dict[str, torch.Tensor]:
     """The published .pth, checked (size, sha256) and read without unpickling code; saved to the cache."""
-    from ..checkpoint import save_tensors
+    from ..checkpoint import save_tensors, write_text
 
     path = Path(path)
     if not path.is_file():
@@ -271,7 +271,7 @@ def convert(path: Path) -> dict[str, torch.Tensor]:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_tensors(out, state, {"gmkit.kind": "inception-fid-weights", "gmkit.source": PUBLISHED_NAME,
                               "gmkit.source_sha256": PUBLISHED_SHA256})
-    Path(str(out) + ".sha256").write_text(sha256_file(out) + "\n")
+    write_text(Path(str(out) + ".sha256"), sha256_file(out) + "\n")
     return state
 
 
