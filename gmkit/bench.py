@@ -102,12 +102,10 @@ def extrapolated_seconds(net, opts: dict, calls: int, batch: int, device: torch.
 
 def bench_one(model: str, steps: int | None, batch: int, device: torch.device, dtype: torch.dtype,
               runs: int = 3, sampler: str | None = None, compile: bool = False, quality_samples: int = 0,
-              reference: str = "mnist", net_src=None, full: bool = False, extractor=None,
-              revision: str | None = None, token: str | None = None) -> BenchRow:
+              reference: str = "mnist", net_src=None, full: bool = False, extractor=None) -> BenchRow:
     """Time one configuration (median of ``runs`` after a warm-up). Runs of more than ``QUICK_CALLS``
-    network calls are timed at ``PROBE_STEPS`` and extrapolated unless ``full``. ``revision`` /
-    ``token``: for a Hub repo ``model``."""
-    net, src = net_src or load(model, device, dtype, revision=revision, token=token)
+    network calls are timed at ``PROBE_STEPS`` and extrapolated unless ``full``."""
+    net, src = net_src or load(model, device, dtype)
     opts, calls, applicable = sample_options(net, src.defaults, sampler, steps)
     flops = count_flops(net, opts, calls)
     if compile:

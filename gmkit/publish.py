@@ -229,9 +229,9 @@ def prepare(run: str, repo: str, folder: Path, replace: bool = False, fmt: str =
 
 def upload(folder: Path, repo: str, private: bool = False, message: str | None = None) -> str:
     """Create the repo if needed and upload the folder in one commit; returns the repo's URL."""
-    import os
+    from .interop.hub import hub_offline
 
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if hub_offline():
         raise GmkitError("HF_HUB_OFFLINE is set: cannot upload (use --dry-run to write the folder only)")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError

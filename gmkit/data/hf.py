@@ -77,16 +77,16 @@ def _offline_unless_reachable(datasets, spec: str):
     """Without a reachable Hub, ``load_dataset`` retries for about half a minute and prints each retry;
     one quick listing call (the model loader's probe and timeout) decides, and an unreachable Hub means
     the local cache only, at once, as with ``HF_HUB_OFFLINE=1``."""
-    from ..interop.hub import _network_error, _timeout, hub_env
+    from ..interop.hub import hub_env, listing_timeout, network_error
 
     offline, _ = hub_env()
     if not offline:
         try:
             from huggingface_hub import HfApi
 
-            HfApi().dataset_info(spec, timeout=_timeout())
+            HfApi().dataset_info(spec, timeout=listing_timeout())
         except Exception as e:  # noqa: BLE001 - only "no network" changes the mode; the rest is load_dataset's to report
-            offline = _network_error(e) is not None
+            offline = network_error(e) is not None
     if not offline or datasets.config.HF_HUB_OFFLINE:
         yield
         return

@@ -29,7 +29,7 @@ HUB_ID = re.compile(rf"^(?P<repo>{_NAME})(?:@(?P<rev>refs/(?:pr|heads|tags|conve
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # One listing call: a dead network fails at once (DNS, refused); a silent one after this many seconds
 # (huggingface_hub's own knob for metadata calls, HF_HUB_ETAG_TIMEOUT, default 10).
-def _timeout() -> float:
+def listing_timeout() -> float:
     try:
         return float(os.environ.get("HF_HUB_ETAG_TIMEOUT", "10"))
     except ValueError:
@@ -59,9 +59,14 @@ def parse_hub_id(text: str, revision: str | None = None) -> HubId | None:
     return HubId(m["repo"], revision or m["rev"], sub)
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (read at each call, as huggingface_hub's own flag is not)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def hub_env() -> tuple[bool, str | None]:
     """(offline, cache_dir) from the environment of this call."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
     return offline, cache
 
@@ -129,7 +134,7 @@ def _from_cache(hub: HubId, cache: str | None, why: str | None) -> RepoFiles:
     return local_files(root, hub.label)
 
 
-def _network_error(e: Exception) -> str | None:
+def network_error(e: Exception) -> str | None:
     """A short reason when ``e`` means "no network" (DNS, refused, timeout), else None."""
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -153,7 +158,7 @@ def hub_repo(hub: HubId, token: str | None = None) -> RepoFiles:
     if offline:
         return _from_cache(hub, cache, None)
     try:
-        info = HfApi(token=token).model_info(hub.repo, revision=hub.revision, timeout=_timeout())
+        info = HfApi(token=token).model_info(hub.repo, revision=hub.revision, timeout=listing_timeout())
     except RevisionNotFoundError:
         raise GmkitError(f"{hub.repo}: no revision {hub.revision!r}") from None
     except GatedRepoError:
@@ -165,7 +170,7 @@ def hub_repo(hub: HubId, token: str | None = None) -> RepoFiles:
     except HfHubHTTPError as e:
         raise GmkitError(f"{hub.label}: the Hub answered {str(e).splitlines()[0][:160]}") from None
     except Exception as e:  # noqa: BLE001 - any transport failure means: use the cache
-        why = _network_error(e)
+        why = network_error(e)
         if why is None:
             raise
         return _from_cache(hub, cache, why)

@@ -217,10 +217,6 @@ def missing_message(why: str = "HF_HUB_OFFLINE is set") -> str:
             f"GMKIT_INCEPTION_WEIGHTS, or put it in ~/.cache/torch/hub/checkpoints/), or choose another --extractor")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def download(dest: Path) -> Path:
     """The published file, fetched once into ``dest`` (a temporary name renamed into place: an interrupted
     download leaves nothing that looks complete), only once its sha256 is the published one."""
@@ -228,7 +224,9 @@ def download(dest: Path) -> Path:
     import sys
     import urllib.request
 
-    if _offline():
+    from ..interop.hub import hub_offline
+
+    if hub_offline():
         raise GmkitError(missing_message())
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
