@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .devices import torch_dtype
 from .errors import GmkitError
 from .families.base import STEPS
 from .measure import count_flops, generate, generators, sample_options, score_images, sync, warm_up
@@ -57,9 +58,6 @@ class BenchRow:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -204,7 +202,7 @@ def latent_vs_pixel(rows: list[dict], device: torch.device, runs: int = 3, say=l
     for r in rows:
         if r["family"] != "ldm":
             continue
-        dtype = DTYPES[r["dtype"]]
+        dtype = torch_dtype(r["dtype"])
         net, src = load(r["model"], device, dtype, token=token)
         if not isinstance(net, LDM):
             continue

@@ -8,6 +8,14 @@ DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "floa
                "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
+def torch_dtype(name: str):
+    """The torch dtype of a name in DTYPE_NAMES (short or long: ``bf16`` or ``bfloat16``); torch is
+    imported here, not at module level, so the CLI's help stays torch-free."""
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[name])
+
+
 def resolve_device(name):
     """``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda``, ``cuda:N``, ``mps``, or a torch.device."""
     import torch
@@ -41,7 +49,7 @@ def resolve_dtype(name, device):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in DTYPE_NAMES:
         raise OptionError("dtype", f"{name}: unknown (auto, fp32, fp16, bf16)")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[DTYPE_NAMES[name]]
+    dtype = torch_dtype(name)
     if dtype == torch.float16 and device.type == "cpu":
         raise OptionError("dtype", "fp16 is not supported on the CPU; use fp32 or bf16")
     return dtype

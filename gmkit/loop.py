@@ -28,14 +28,11 @@ from .checkpoint import load_tensors, save_model, save_tensors
 from .config import TrainConfig, from_dict, to_dict
 from .data.dataset import ImageData
 from .data.loader import StreamPositions, augment_params, default_workers, make_loader, to_device
+from .devices import torch_dtype
 from .errors import GmkitError, StopTraining
 from .families import Family
 from .progress import Progress, note
 from .tracking import make_tracker
-
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -132,7 +129,7 @@ def save_run(out: Path, model: Family, ema: EMA, opts: dict, step: int, tcfg: Tr
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     # Model first, then state: a crash between the two leaves a usable model and the older state.
     save_model(out / "model.safetensors", model.name, family_cfg, ema.shadow, recipe | {"step": step},
-               dtype=DTYPES[tcfg.save_dtype])
+               dtype=torch_dtype(tcfg.save_dtype))
     save_tensors(out / "train_state.safetensors", tensors, meta)
 
 

@@ -38,6 +38,8 @@ def use_bundled(name: str, is_bundled: bool, is_source: Callable[[Path], bool], 
     return True
 
 
+HUB_REPO = r"[A-Za-z0-9][\w.-]*/[\w.-]+"  # owner/name, the shape of a Hub repo id (check_hub_id checks it fully)
+HUB_ID = re.compile(rf"^{HUB_REPO}$")  # a bare repo id: no revision, no subfolder
 _HUB_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 
 

@@ -66,7 +66,7 @@ def train(family: str, data: str | None = None, out: str | Path | None = None, *
     import torch
 
     from .config import TrainConfig, apply_overrides, check_train_config, from_dict, to_dict
-    from .data.core import DataOptions, load
+    from .data.core import DataOptions
     from .presets import apply_preset, auto_preset, takes_presets
     from .tracking import check_tracker
     from .devices import resolve_device
@@ -169,7 +169,6 @@ def _train(cls, family, data, data_opts, out, tcfg, cfg, dev, rank, world, image
     device first), the recipe, the loop."""
     import torch
 
-    from .data.core import load
     from .families.base import DataInfo, TrainSetup
     from .guards import dry_build
     from .loop import train as run_loop

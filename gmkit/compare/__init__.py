@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from .. import __version__
+from ..devices import torch_dtype
 from ..errors import GmkitError
 from ..measure import quality_extractor, score_images
 from .claims import TEXTBOOK, textbook_claims
@@ -50,7 +51,7 @@ def compare(models: list[str], s: Settings, say: Callable[[str], None] = lambda 
         s = replace(s, logs={renamed.get(k, k): v for k, v in s.logs.items()})
     models = pinned
     dev = torch.device(s.device)
-    dt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[s.dtype]
+    dt = torch_dtype(s.dtype)
     try:
         test_data = load_data(s.data, "test")
     except GmkitError as e:

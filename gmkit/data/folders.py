@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GmkitError
+from ..outputs import IMAGE_SUFFIXES
 from .bundled import held_out_mask
 from .cache import Plan
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLIT_DIRS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
               "test": ("test", "testing", "eval", "evaluation")}
 SPLIT_OF = {alias: split for split, aliases in SPLIT_DIRS.items() for alias in aliases}
@@ -130,6 +130,21 @@ def _stat(path: Path | None) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
+def metadata_rows(meta: Path, keys: tuple[str, ...], expected: str):
+    """(line number, the values of ``keys``) for each non-blank line of a ``metadata.jsonl``; a line
+    that is not a JSON object with those keys stops with one error saying it ``expected`` them."""
+    with open(meta, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                values = tuple(row[k] for k in keys)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise GmkitError(f"{meta}:{i}: expected a JSON object with {expected}") from None
+            yield i, values
+
+
 def read_captions(root: Path, files: list[Path]) -> list[list[str]]:
     """Captions for ``files`` from ``root/metadata.jsonl`` (``file_name`` and ``text`` per line).
 
@@ -140,19 +155,11 @@ def read_captions(root: Path, files: list[Path]) -> list[list[str]]:
         raise GmkitError(f"{root}: no metadata.jsonl with captions (one JSON line per image: "
                          '{"file_name": "a.png", "text": "a caption"})')
     captions: dict[str, list[str]] = {}
-    with open(meta, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                name, text = row["file_name"], row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise GmkitError(f"{meta}:{i}: expected a JSON object with file_name and text") from None
-            texts = [text] if isinstance(text, str) else list(text)
-            if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise GmkitError(f"{meta}:{i}: empty caption for {name}")
-            captions[os.path.normpath(name)] = texts
+    for i, (name, text) in metadata_rows(meta, ("file_name", "text"), "file_name and text"):
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise GmkitError(f"{meta}:{i}: empty caption for {name}")
+        captions[os.path.normpath(name)] = texts
     out = []
     for p in files:
         rel = os.path.relpath(p, root)

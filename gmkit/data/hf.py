@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import GmkitError
+from ..names import HUB_ID
 from .cache import Plan
 from .streams import StreamSource
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LABEL_NAMES = ("label", "labels", "fine_label", "class", "target")
 CAPTION_NAMES = ("text", "caption", "captions", "prompt", "sentence")
 

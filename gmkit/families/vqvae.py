@@ -70,10 +70,6 @@ class VQVAE(Family):
                       if c.prior_layers > 0 else None)
 
     @property
-    def image_shape(self):
-        return (self.config.in_channels, self.config.image_size, self.config.image_size)
-
-    @property
     def latent_shape(self) -> tuple[int, int]:
         return (self.s, self.s)
 

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import GmkitError
-from ..names import check_hub_id
+from ..names import HUB_REPO, check_hub_id
 
-_NAME = r"[A-Za-z0-9][\w.-]*/[\w.-]+"
 # A revision is one path segment, or a ref with slashes (refs/pr/N, refs/heads/x, refs/tags/x, refs/convert/x).
-HUB_ID = re.compile(rf"^(?P<repo>{_NAME})(?:@(?P<rev>refs/(?:pr|heads|tags|convert)/[^/@]+|[^/@]+))?(?:/(?P<sub>[^@]+))?$")
+HUB_SOURCE = re.compile(rf"^(?P<repo>{HUB_REPO})(?:@(?P<rev>refs/(?:pr|heads|tags|convert)/[^/@]+|[^/@]+))?(?:/(?P<sub>[^@]+))?$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # One listing call: a dead network fails at once (DNS, refused); a silent one after this many seconds
 # (huggingface_hub's own knob for metadata calls, HF_HUB_ETAG_TIMEOUT, default 10).
@@ -49,7 +48,7 @@ class HubId:
 
 def parse_hub_id(text: str, revision: str | None = None) -> HubId | None:
     """``org/name[@rev][/sub]`` -> HubId; ``revision`` (``--revision``) wins over an inline one."""
-    m = HUB_ID.match(text)
+    m = HUB_SOURCE.match(text)
     if not m:
         return None
     if revision is not None and m["rev"] and m["rev"] != revision:

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from ..checkpoint import PICKLE_SUFFIXES, LazyState, load_tensors, read_metadata
+from ..checkpoint import PICKLE_SUFFIXES, LazyState, load_tensors
 from ..errors import GmkitError
 from ..resolved import Resolved
 from .clip import clip_key

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..checkpoint import LazyState
 from ..errors import GmkitError
-from .hub import RepoFiles
 from .pickles import converted
 
 STEMS = {"safetensors": ("diffusion_pytorch_model", "model"), "bin": ("diffusion_pytorch_model", "pytorch_model")}

@@ -152,9 +152,9 @@ def _build(spec: str, weights: str | None, token: str | None = None) -> Extracto
         return DigitExtractor()
     if spec == "inception":
         return InceptionExtractor(weights)
-    from ..interop.hub import HUB_ID
+    from ..interop.hub import HUB_SOURCE
 
-    if spec in ALIASES or Path(spec).is_dir() or HUB_ID.match(spec):
+    if spec in ALIASES or Path(spec).is_dir() or HUB_SOURCE.match(spec):
         from .hf import HFExtractor
 
         return HFExtractor(ALIASES.get(spec, spec), name=spec if spec in ALIASES else None, token=token)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 HALF_BIN = 1.0 / 255.0
+LOG2PI = math.log(2 * math.pi)  # the Gaussian log-density's constant
 
 
 def discretized_logistic_logp(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
