@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# The suite runs in two xdist workers (pyproject's addopts): one OpenMP thread each, set before
+# anything imports torch, because two threads per process on a busy 2-core machine are far slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # A tiny UNet so training a few steps takes a second on a laptop CPU.
 TINY = ["--set", "unet.block_out_channels=[8,16]", "--set", "unet.layers_per_block=1",
