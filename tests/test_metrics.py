@@ -200,3 +200,19 @@ def test_a_folder_is_scored_in_batches_as_the_whole_tensor_would_be(rgb_folders,
     monkeypatch.setattr(ImageSet, "batches", lambda self, size=256: batches(self, 5))  # 12 images: 5 + 5 + 2
     streamed = evaluate(str(samples), str(ref), str(tiny_dinov2))
     assert streamed["metrics"] == pytest.approx(whole["metrics"], rel=1e-6) and streamed["n"] == 12
+
+
+@pytest.mark.parametrize("data,extractor", [("mnist", "mnist"), ("digits", "mnist")])
+def test_bundled_data_ship_their_statistics(data, extractor, monkeypatch, tmp_path):
+    """Each bundled data set's reference is read from gmkit/weights, not extracted: a stale file
+    (data or extractor changed) fails here, not silently in a user's first run."""
+    from gmkit.metrics import reference
+    from gmkit.metrics.extractors import default_extractor, get_extractor
+
+    assert default_extractor(data) == extractor
+    monkeypatch.setenv("GMKIT_CACHE", str(tmp_path / "empty-cache"))
+    written = []
+    monkeypatch.setattr(reference, "write_stats", lambda ref, path, command=None: written.append(path))
+    ref = reference.from_source(data, get_extractor(extractor), n=100)
+    assert written == [] and len(ref.pool) >= 100 and ref.features.shape[1] == 128
+
