@@ -36,7 +36,7 @@ class _TooBig(Exception):
 
 def check_config(family, config, where: str = "config"):
     """Sane bounds on every value of ``config`` (the family may declare its own in ``config_bounds``)."""
-    check_bounds(config, where, getattr(family, "config_bounds", {}))
+    check_bounds(config, where, family.config_bounds)
     return config
 
 

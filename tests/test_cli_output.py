@@ -78,6 +78,8 @@ def test_help_shows_defaults_aliases_and_completion():
     for alias in ("--num-inference-steps", "--guidance-scale", "--num-images", "--output"):
         assert alias in r.out, alias
     assert "--install-completion" in run_cli("--help").out
+    for command in ("bench", "compare", "likelihood"):  # one long name for the image count
+        assert "--num-images" in run_cli(command, "--help").out, command
 
 
 def test_results_go_to_stdout_and_tables_read_in_pipes(tiny_run, tmp_path):

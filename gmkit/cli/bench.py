@@ -34,7 +34,7 @@ def bench_cmd(
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network first."),
     compile_both: bool = typer.Option(False, "--compile-both", help="Sweep eager and compiled."),
     quality: bool = typer.Option(False, "--quality", help="Also score each configuration's samples (FD, KID, precision/recall)."),
-    quality_samples: int = typer.Option(128, "--quality-samples", help="Images scored per configuration (seeds 0..N-1)."),
+    quality_samples: int = typer.Option(128, "-n", "--num-images", "--quality-samples", help="Images scored per configuration with --quality (seeds 0..N-1)."),
     reference: str = typer.Option("mnist", "--reference", help="Reference for quality: a bundled data set, a folder, a Hugging Face dataset (its held-out split), or a statistics file."),
     extractor: Optional[str] = typer.Option(None, "--extractor", help="Feature extractor for quality: inception (FID), dinov2, clip, mnist, or a transformers model (folder or Hub id). Default: the reference's own, else inception."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", "--output", help="Folder for results.json and plot.png (implies --quality)."),

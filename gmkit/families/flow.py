@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.samplers import randn
-from ..errors import GmkitError
+from ..errors import GmkitError, OptionError
 from ..nn.likelihood import LOG2PI
 from .base import DECODE, ENCODE, LIKELIHOOD, SAMPLE, Family
 
@@ -341,8 +341,8 @@ class Flow(Family):
     def _refuse(self, options: dict) -> None:
         given = sorted(k for k, v in options.items() if v is not None)
         if given:
-            names = ", ".join("--" + ("class" if k == "class_label" else k.replace("_", "-")) for k in given)
-            raise GmkitError(f"{self.name} models are unconditional and exactly invertible: they do not take {names}")
+            names = ", ".join("{" + k + "}" for k in given)
+            raise OptionError(given[0], f"{self.name} models are unconditional and exactly invertible: they do not take {names}")
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor, **options: Any) -> dict[str, torch.Tensor]:
@@ -364,6 +364,6 @@ class Flow(Family):
     def sample(self, noise: list[torch.Generator], temperature: float | None = None, **_: Any) -> torch.Tensor:
         t = 1.0 if temperature is None else temperature
         if not (t >= 0 and math.isfinite(t)):
-            raise GmkitError(f"--temperature must be >= 0, got {temperature}")
+            raise OptionError("temperature", f"must be >= 0, got {temperature}")
         eps = randn((len(noise), self.dims), noise, self.device) * t
         return self.decode(eps)

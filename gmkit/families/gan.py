@@ -46,7 +46,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..diffusion.samplers import randn
-from ..errors import GmkitError, StopTraining
+from ..errors import GmkitError, OptionError, StopTraining
+from ..nn.blocks import norm_layer
 from ..nn.diffaugment import diff_augment, parse_policy
 from .base import CLASS_COND, DECODE, ENCODE, SAMPLE, Family
 from .gan_inversion import Invertible, LatentEncoder, encoder_step
@@ -80,14 +81,6 @@ class GANConfig:
     encoder_channels: list[int] = field(default_factory=list)  # > 0 entries: an encoder E(G(z)) ~ z for inversion
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    return nn.Identity()
-
-
 class Generator(nn.Module):
     def __init__(self, c: GANConfig):
         super().__init__()
@@ -95,14 +88,14 @@ class Generator(nn.Module):
         self.c0 = c.g_channels[0]
         self.embed = nn.Embedding(c.num_classes, c.latent_dim) if c.num_classes else None
         self.fc = nn.Linear(c.latent_dim * (2 if c.num_classes else 1), self.c0 * self.s * self.s)
-        layers: list[nn.Module] = [_norm(c.g_norm, self.c0), nn.ReLU()]
+        layers: list[nn.Module] = [norm_layer(c.g_norm, self.c0), nn.ReLU()]
         chans = list(c.g_channels)
         for i, ch in enumerate(chans):
             last = i == len(chans) - 1
             out = c.in_channels if last else chans[i + 1]
             layers.append(nn.ConvTranspose2d(ch, out, 4, stride=2, padding=1))
             if not last:
-                layers += [_norm(c.g_norm, out), nn.ReLU()]
+                layers += [norm_layer(c.g_norm, out), nn.ReLU()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -380,12 +373,12 @@ class GAN(Invertible, Family):
             # Each image's class from its own generator, so image i depends on seed S+i alone.
             return torch.stack([torch.randint(k, (), generator=g) for g in noise]).to(device)
         if not k:
-            raise GmkitError(f"this {self.name} model is unconditional; it cannot take --class")
+            raise OptionError("class_label", f"cannot be used: this {self.name} model is unconditional")
         labels = torch.as_tensor(class_label).long().reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(n)
         if bool(((labels < 0) | (labels >= k)).any()):
-            raise GmkitError(f"--class must be between 0 and {k - 1}, got {labels.unique().tolist()}")
+            raise OptionError("class_label", f"must be between 0 and {k - 1}, got {labels.unique().tolist()}")
         return labels.to(device)
 
     @torch.inference_mode()
@@ -395,7 +388,7 @@ class GAN(Invertible, Family):
         device = self.device
         if truncation is not None:
             if not (truncation > 0 and math.isfinite(truncation)):
-                raise GmkitError(f"--truncation must be a positive number, got {truncation}")
+                raise OptionError("truncation", f"must be a positive number, got {truncation}")
             z = truncated_normal((n, self.config.latent_dim), noise, truncation, device)
         else:
             z = randn((n, self.config.latent_dim), noise, device)

@@ -82,11 +82,7 @@ class LDM(PromptConditioned, Family):
     @classmethod
     def fit_config(cls, config: LDMConfig, data: DataInfo, conditional: bool) -> LDMConfig:
         """Image channels and size from the data (the UNet follows the autoencoder in ``__init__``)."""
-        if conditional:
-            raise OptionError("conditional", "does not apply: ldm is conditioned on captions, not classes")
-        if not data.captioned:
-            raise OptionError("data", f"{data.name}: ldm needs captioned data (openmoji, mnist-captions, or a folder "
-                                      "with metadata.jsonl)")
+        cls.check_captioned(data, conditional)
         ae = dataclasses.replace(config.autoencoder, in_channels=data.channels, image_size=data.size)
         return dataclasses.replace(config, image_size=data.size, in_channels=data.channels, autoencoder=ae)
 
@@ -156,11 +152,7 @@ class LDM(PromptConditioned, Family):
     @torch.no_grad()
     def prepare_training(self, data, device, quiet: bool = False) -> None:
         """Encode every image (autoencoder posterior) and every caption (text encoder) once."""
-        if data.streamed:
-            raise GmkitError(f"--data {data.name}: ldm encodes every image once before training; give a cached "
-                             "source (no stream)")
-        if data.captions is None:
-            raise OptionError("data", f"{data.name}: ldm needs captions")
+        self.check_training_data(data)
         ae = self.autoencoder.eval()
         means, logvars = [], []
         for b in data.batches(256):  # in order: row i of the latents is example i (batch["index"])

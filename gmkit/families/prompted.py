@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import OptionError
 from ..nn.text import TextEncoder, load_text_encoder, truncation_warnings
 
 
@@ -40,6 +41,23 @@ class PromptConditioned:
     def prompt_warnings(self, prompts: list[str]) -> list[str]:
         """What the user should know about these prompts (the text encoder reads a limited length)."""
         return truncation_warnings(self.text, prompts)
+
+    @classmethod
+    def check_captioned(cls, data, conditional: bool) -> None:
+        """Fitting a config: the data must have captions; class labels are not what these families take."""
+        if conditional:
+            raise OptionError("conditional", f"does not apply: {cls.name} is conditioned on captions, not classes")
+        if not data.captioned:
+            raise OptionError("data", f"{data.name}: {cls.name} needs captioned data (openmoji, mnist-captions, or a "
+                              "folder with metadata.jsonl)")
+
+    def check_training_data(self, data) -> None:
+        """Training encodes every image and caption once (``prepare_training``): a cached, captioned source."""
+        if data.streamed:
+            raise OptionError("data", f"{data.name}: {self.name} encodes every image once before training; give a "
+                              "cached source (no stream)")
+        if data.captions is None:
+            raise OptionError("data", f"{data.name}: {self.name} needs captions")
 
     def prompt_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token states (B, L, dim) and their mask (B, L) on the model's device, padded alike."""

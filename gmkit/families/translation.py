@@ -48,7 +48,7 @@ def check_config(c: TranslatorConfig) -> None:
     k = 2 ** len(c.g_channels)
     if c.image_size % k:
         raise GmkitError(f"image_size {c.image_size} must be a multiple of {k} (one /2 per entry of g_channels); "
-                         "change --image-size or g_channels")
+                         "change image_size or g_channels")
     if c.image_size < 2 ** (len(c.d_channels) + 1):
         raise GmkitError(f"image_size {c.image_size} is too small for a PatchGAN with {len(c.d_channels)} layers")
     if c.jitter < 0 or not 0 <= c.dropout < 1:
@@ -179,7 +179,7 @@ class Translator(Family):
         preview), that of a few training inputs."""
         for key, value in options.items():
             if value is not None and key not in ("callback",):
-                raise OptionError(key, f"does not apply to {self.name} models (they translate --image)")
+                raise OptionError(key, f"{{{key}}} does not apply to {self.name} models (they translate {{image}})")
         n = len(noise)
         if image is None:
             if not self._preview:

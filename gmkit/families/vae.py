@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diffusion.samplers import randn
-from ..errors import GmkitError
+from ..errors import GmkitError, OptionError
 from ..nn.encoder_decoder import ConvDecoder, ConvEncoder
 from ..nn.likelihood import LOG2PI, discretized_logistic_logp
 from .base import DECODE, ENCODE, LIKELIHOOD, SAMPLE, Family
@@ -84,7 +84,7 @@ class VAE(Family):
         if k == 0:
             return None
         if labels is None:
-            raise GmkitError(f"this {self.name} model is class-conditional: give a class label (--class)")
+            raise OptionError("class_label", f"is needed: this {self.name} model is class-conditional")
         return F.one_hot(labels.to(device).long().view(n), k).float()
 
     def posterior(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,14 +175,14 @@ class VAE(Family):
         if class_label is None:
             return None
         if k == 0:
-            raise GmkitError(f"this {self.name} model is unconditional; it cannot take --class")
+            raise OptionError("class_label", f"cannot be used: this {self.name} model is unconditional")
         labels = torch.as_tensor(class_label, device=device).long().reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(n)
         if labels.numel() != n:
             raise GmkitError(f"{labels.numel()} class labels for {n} latents")
         if bool(((labels < 0) | (labels >= k)).any()):
-            raise GmkitError(f"--class must be between 0 and {k - 1}, got {labels.unique().tolist()}")
+            raise OptionError("class_label", f"must be between 0 and {k - 1}, got {labels.unique().tolist()}")
         return labels
 
     @torch.inference_mode()
@@ -203,7 +203,7 @@ class VAE(Family):
         z = z.to(self.device, torch.float32)
         labels = self._class_labels(class_label, z.shape[0], z.device)
         if self.config.num_classes and labels is None:
-            raise GmkitError(f"this {self.name} model is class-conditional: give --class")
+            raise OptionError("class_label", f"is needed: this {self.name} model is class-conditional")
         mean, _ = self.decoder_params(z, labels)
         return mean.clamp(-1, 1)
 

@@ -76,11 +76,7 @@ class VQGPT(PromptConditioned, Family):
     @classmethod
     def fit_config(cls, config: VQGPTConfig, data: DataInfo, conditional: bool) -> VQGPTConfig:
         """Image channels and size from the data (the first stage follows)."""
-        if conditional:
-            raise OptionError("conditional", "vqgpt is conditioned on captions, not classes; drop {conditional}")
-        if not data.captioned:
-            raise GmkitError(f"--data {data.name}: vqgpt needs captioned data (openmoji, mnist-captions, or a folder "
-                             "with metadata.jsonl)")
+        cls.check_captioned(data, conditional)
         vq = dataclasses.replace(config.vq, in_channels=data.channels, image_size=data.size, prior_layers=0)
         return dataclasses.replace(config, image_size=data.size, in_channels=data.channels, vq=vq)
 
@@ -119,11 +115,7 @@ class VQGPT(PromptConditioned, Family):
     @torch.no_grad()
     def prepare_training(self, data, device, quiet: bool = False) -> None:
         """The code map of every image and the states of every caption, computed once."""
-        if data.streamed:
-            raise GmkitError(f"--data {data.name}: vqgpt encodes every image once before training; give a cached "
-                             "source (no stream)")
-        if data.captions is None:
-            raise OptionError("data", f"{data.name}: vqgpt needs captions")
+        self.check_training_data(data)
         # In order: row i of the codes is example i (batch["index"]).
         codes = torch.cat([self.vq.encode(b["image"].to(device))["codes"].flatten(1) for b in data.batches(256)])
         if not quiet:

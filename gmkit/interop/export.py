@@ -118,7 +118,7 @@ def scheduler_config(config, sampler: str) -> dict:
     cls = SCHEDULER_OF.get(sampler, "DPMSolverMultistepScheduler")
     if config.beta_schedule not in BETA_SCHEDULE:
         raise _refuse(f"beta schedule {config.beta_schedule!r}")
-    spacing = (getattr(config, "solver_spacing", None) or config.timestep_spacing) if cls.startswith("DPM") \
+    spacing = (config.solver_spacing or config.timestep_spacing) if cls.startswith("DPM") \
         else config.timestep_spacing
     out = {"_class_name": cls, "_diffusers_version": DIFFUSERS_VERSION, "num_train_timesteps": config.num_train_timesteps,
            "beta_schedule": BETA_SCHEDULE[config.beta_schedule], "beta_start": config.beta_start,
@@ -127,9 +127,9 @@ def scheduler_config(config, sampler: str) -> dict:
     if cls in ("DDPMScheduler", "DDIMScheduler"):
         out.update(clip_sample=config.clip_sample, clip_sample_range=1.0, thresholding=False)
     if cls == "DDPMScheduler":
-        out["variance_type"] = getattr(config, "variance_type", "fixed_small")
+        out["variance_type"] = config.variance_type
     if cls == "DDIMScheduler":
-        out["set_alpha_to_one"] = getattr(config, "set_alpha_to_one", True)
+        out["set_alpha_to_one"] = config.set_alpha_to_one
     return out
 
 
@@ -149,7 +149,7 @@ def export_diffusers(model: torch.nn.Module, resolved: Resolved, out: Path, samp
     sampler = sampler or resolved.defaults.get("sampler") or ("ddim" if name != "ddpm" else "ddpm")
     c = model.config
     if name == "ddpm":
-        if getattr(c.unet, "cross_attention_dim", 0):
+        if c.unet.cross_attention_dim:
             raise _refuse("a text-conditioned ddpm UNet")
         pipeline = "DDIMPipeline" if sampler == "ddim" else "DDPMPipeline"
         parts = {"unet": ("diffusers", "UNet2DModel")}

@@ -42,6 +42,18 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The normalisation the GAN and translation networks name in their configs: instance, batch,
+    group (8 groups) or none."""
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    return nn.Identity()
+
+
 def group_norm(channels: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNorm:
     # Small networks have fewer channels than the usual 32 groups; use the largest divisor.
     g = min(groups, channels)

@@ -18,18 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import norm_layer
+
 NORMS = ("instance", "batch", "group", "none")
 GAN_LOSSES = ("lsgan", "vanilla", "hinge")
-
-
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
-    return nn.Identity()
 
 
 class UNetGenerator(nn.Module):
