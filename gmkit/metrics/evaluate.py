@@ -74,12 +74,12 @@ def evaluate(images, reference: str | Reference = "mnist", extractor: str | Extr
         raise GmkitError(f"need more than {K_PR} images to score, got {n}")
     spec = reference.source if isinstance(reference, Reference) else reference
     ext = resolve(spec, extractor, extractor_weights, device, revision, token)
-    classify = hasattr(ext, "logits")  # a classifier (mnist): how many samples read as some class, and which
+    classify = ext.classifies  # a classifier (mnist): how many samples read as some class, and which
     if class_label is not None and not classify:
         raise OptionError("class_label", f"needs a classifying extractor (mnist); {ext.name} does not classify")
     if prompts is not None:
         prompts = list(prompts) * n if len(prompts) == 1 else list(prompts)
-        if not callable(getattr(ext, "text_features", None)):
+        if not ext.has_text_tower:
             raise OptionError("prompts", f"the CLIP score needs a CLIP extractor (clip or a CLIP model); {ext.name} has no text tower")
         if len(prompts) != n:
             raise OptionError("prompts", f"{len(prompts)} prompts for {n} images: give one prompt, or one per image")

@@ -34,6 +34,8 @@ class Extractor:
     identity = ""  # what the features depend on (weights hash, Hub commit): part of every cache key
     description = ""
     rgb = True  # wants 3 channels; grey is repeated
+    classifies = False  # has ``logits`` (the class histogram, --class)
+    has_text_tower = False  # has ``text_features`` (the CLIP score, --prompts)
     fd_name = kid_name = ""
     batch = 64
 
@@ -60,6 +62,7 @@ class DigitExtractor(Extractor):
     """gmkit's shipped MNIST CNN (``mnist.py``); also classifies, for the class histogram."""
 
     rgb = False
+    classifies = True
     batch = 500
 
     def __init__(self):

@@ -133,9 +133,13 @@ class HFExtractor(Extractor):
         h = out.last_hidden_state
         return h.mean(1) if h.ndim == 3 else h.flatten(2).mean(2)  # tokens, or a conv net's (N, C, H, W)
 
+    @property
+    def has_text_tower(self) -> bool:
+        return bool(self.clip_like) and callable(getattr(self.model, "get_text_features", None))
+
     @torch.inference_mode()
     def text_features(self, prompts: list[str]) -> torch.Tensor:
-        if not self.clip_like or not callable(getattr(self.model, "get_text_features", None)):
+        if not self.has_text_tower:
             raise GmkitError(f"extractor {self.name} has no text tower: the CLIP score needs a CLIP model (--extractor clip)")
         from transformers import AutoTokenizer
 
