@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import free_port, run_cli
 
 FAST = ["--samples", "8", "--slow-samples", "8", "--sweep-samples", "8", "--sweep-steps", "3",
@@ -72,10 +74,11 @@ def test_torchrun_sampling_matches_one_process_and_compare_reads_the_folder(tiny
     names = sorted(f.name for f in one.iterdir())
     assert names == sorted(f.name for f in two.iterdir()) == [f"{i:04d}.png" for i in range(7)]
     assert all((one / n).read_bytes() == (two / n).read_bytes() for n in names)
-    # only folder output under torchrun
-    bad = subprocess.run(cmd[:-3] + ["--out", str(tmp_path / "grid.png")], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert bad.returncode != 0 and "folder" in bad.stderr
+    # only folder output under torchrun (refused from torchrun's environment, before any process group)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORLD_SIZE", "2")
+        bad = run_cli("sample", str(tiny_run), "-n", "7", "--steps", "4", "--out", str(tmp_path / "grid.png"))
+    assert bad.code == 2 and "folder" in bad.err
     # compare (and metrics) take such a folder
     r = run_cli("compare", "--models", str(two), "--json", *FAST[:2])
     assert r.code == 0, r.err
