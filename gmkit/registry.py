@@ -62,6 +62,8 @@ BUNDLED_MODELS: dict[str, Bundled] = {
                      "text-to-image the DALL-E way on OpenMoji (32 px): VQ-VAE codes, transformer prior with MiniLM cross-attention (--prompt)"),
     "sr": Bundled("sr.safetensors", "sr", {"sampler": "ddim", "steps": 20},
                   "4x super-resolution (SR3-style conditional diffusion) on OpenMoji, any input size (--image small.png)"),
+    "sr-mnist": Bundled("sr-mnist.safetensors", "sr", {"sampler": "ddim", "steps": 20},
+                        "4x super-resolution of grey handwritten digits (MNIST, 7 -> 28 px), any input size (--image small.png)"),
 }
 
 def bundled_path(name: str) -> Path:
