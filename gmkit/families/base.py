@@ -288,6 +288,23 @@ class Family(nn.Module):
         """Classes this model is conditioned on (0: unconditional)."""
         return 0
 
+    def class_labels(self, class_label, n: int, device) -> torch.Tensor | None:
+        """``class_label`` (one class, or one per image) as ``n`` labels on ``device``, checked against
+        ``num_classes``; None stays None."""
+        k = self.num_classes
+        if class_label is None:
+            return None
+        if not k:
+            raise OptionError("class_label", f"cannot be used: this {self.name} model is unconditional")
+        labels = torch.as_tensor(class_label).long().reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(n)
+        if labels.numel() != n:
+            raise GmkitError(f"{labels.numel()} class labels for {n} images")
+        if bool(((labels < 0) | (labels >= k)).any()):
+            raise OptionError("class_label", f"must be between 0 and {k - 1}, got {labels.unique().tolist()}")
+        return labels.to(device)
+
     def input_channels(self, direction: str | None = None) -> int:
         """Channels of the ``image`` a sample call takes (translation: the input domain's, per direction)."""
         return self.image_shape[0]

@@ -17,7 +17,7 @@ import torch
 from ..diffusion import sampling
 from ..diffusion.process import DiffusionProcess, ProcessConfig
 from ..diffusion.sampling import SAMPLING_OPTIONS
-from ..errors import GmkitError, OptionError
+from ..errors import GmkitError
 from ..nn.unet import UNet, UNetConfig
 from .base import CLASS_COND, ENCODE, LIKELIHOOD, SAMPLE, STEPS, DataInfo, Family, SamplingPlan, fit_unet
 
@@ -83,19 +83,9 @@ class DDPM(Family):
         return torch.where(drop, torch.full_like(labels, k), labels)
 
     # -- sampling -----------------------------------------------------------------------------
-    def _labels(self, class_label, n, device):
-        if class_label is None:
-            return None
-        k = self.config.unet.num_classes
-        if k <= 0:
-            raise OptionError("class_label", f"cannot be used: this {self.name} model is unconditional")
-        if not 0 <= class_label < k:
-            raise OptionError("class_label", f"must be between 0 and {k - 1}, got {class_label}")
-        return torch.full((n,), class_label, device=device, dtype=torch.long)
-
     def network(self, n: int, class_label: int | None = None, guidance: float | None = None, **_: Any):
         """The UNet as ``net(x_t, c_noise)`` for a class (or none); guidance against the reserved "no label" class."""
-        labels = self._labels(class_label, n, self.device)
+        labels = self.class_labels(class_label, n, self.device)
         if labels is None:
             return sampling.unet_network(self.unet)
         null = torch.full_like(labels, self.config.unet.num_classes)

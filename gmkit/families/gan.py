@@ -365,21 +365,10 @@ class GAN(Invertible, Family):
 
     # -- generation ---------------------------------------------------------------------------
     def _sample_labels(self, class_label, noise: list[torch.Generator], device) -> torch.Tensor | None:
-        k = self.config.num_classes
-        n = len(noise)
-        if class_label is None:
-            if not k:
-                return None
+        if class_label is None and self.num_classes:
             # Each image's class from its own generator, so image i depends on seed S+i alone.
-            return torch.stack([torch.randint(k, (), generator=g) for g in noise]).to(device)
-        if not k:
-            raise OptionError("class_label", f"cannot be used: this {self.name} model is unconditional")
-        labels = torch.as_tensor(class_label).long().reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if bool(((labels < 0) | (labels >= k)).any()):
-            raise OptionError("class_label", f"must be between 0 and {k - 1}, got {labels.unique().tolist()}")
-        return labels.to(device)
+            return torch.stack([torch.randint(self.num_classes, (), generator=g) for g in noise]).to(device)
+        return self.class_labels(class_label, len(noise), device)
 
     @torch.inference_mode()
     def sample(self, noise: list[torch.Generator], truncation: float | None = None, class_label: int | None = None,

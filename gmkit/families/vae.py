@@ -170,26 +170,11 @@ class VAE(Family):
                 "samples": samples or self.config.iw_samples, "images": int(x.shape[0])}
 
     # -- encode / decode / sample -------------------------------------------------------------
-    def _class_labels(self, class_label, n: int, device) -> torch.Tensor | None:
-        k = self.config.num_classes
-        if class_label is None:
-            return None
-        if k == 0:
-            raise OptionError("class_label", f"cannot be used: this {self.name} model is unconditional")
-        labels = torch.as_tensor(class_label, device=device).long().reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(n)
-        if labels.numel() != n:
-            raise GmkitError(f"{labels.numel()} class labels for {n} latents")
-        if bool(((labels < 0) | (labels >= k)).any()):
-            raise OptionError("class_label", f"must be between 0 and {k - 1}, got {labels.unique().tolist()}")
-        return labels
-
     @torch.inference_mode()
     def encode(self, x: torch.Tensor, class_label=None, **_: Any) -> dict[str, torch.Tensor]:
         """Posterior mean and log-variance, each (N, latent_dim); conditional models also keep the label."""
         x = x.to(self.device, next(self.parameters()).dtype)
-        labels = self._class_labels(class_label, x.shape[0], x.device)
+        labels = self.class_labels(class_label, x.shape[0], x.device)
         mu, logvar = self.posterior(x, labels)
         out = {"mean": mu, "logvar": logvar}
         if labels is not None:
@@ -201,7 +186,7 @@ class VAE(Family):
         """Latents (N, latent_dim) -> images in [-1, 1] (the decoder's mean)."""
         self.check_latents(z, self.config.latent_dim)
         z = z.to(self.device, torch.float32)
-        labels = self._class_labels(class_label, z.shape[0], z.device)
+        labels = self.class_labels(class_label, z.shape[0], z.device)
         if self.config.num_classes and labels is None:
             raise OptionError("class_label", f"is needed: this {self.name} model is class-conditional")
         mean, _ = self.decoder_params(z, labels)
@@ -211,7 +196,7 @@ class VAE(Family):
     def sample(self, noise: list[torch.Generator], class_label: int | None = None, **_: Any) -> torch.Tensor:
         n = len(noise)
         z = randn((n, self.config.latent_dim), noise, self.device) * self.config.temperature
-        labels = self._class_labels(class_label, n, self.device)
+        labels = self.class_labels(class_label, n, self.device)
         if self.config.num_classes and labels is None:  # each image's class from its own generator
             labels = torch.stack([torch.randint(self.config.num_classes, (), generator=g) for g in noise]).to(self.device)
         mean, _ = self.decoder_params(z, labels)
