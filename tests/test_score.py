@@ -276,3 +276,22 @@ def test_bundled_score_model_draws_digits_and_inverts_through_the_ode():
     z = net.encode(real, steps=18)["noise"]
     back = net.sample([torch.Generator().manual_seed(i) for i in range(4)], sampler="heun", steps=18, init=z)
     assert float((back - real).abs().mean()) < 0.02  # 0.0017 measured; a fresh draw is ~0.39 away
+
+
+def test_score_min_snr_weighting_and_its_config_errors():
+    """VE: SNR = 1 / sigma^2, so min-SNR-gamma on the epsilon loss weighs a level min(1, gamma sigma^2)."""
+    from gmkit.families.score import Score, ScoreConfig
+    from gmkit.nn.unet import UNetConfig
+
+    unet = UNetConfig(sample_size=8, block_out_channels=[8, 16], attention_blocks=[1], norm_groups=4)
+    net = Score(ScoreConfig(unet=unet, loss_weighting="min_snr", min_snr_gamma=4.0))
+    sigma = torch.tensor([0.1, 0.5, 1.0, 10.0])
+    w = net.process.loss_weights(1 / (1 + sigma ** 2))
+    assert torch.allclose(w, (4.0 * sigma ** 2).clamp(max=1.0), rtol=1e-5)
+    assert Score(ScoreConfig(unet=unet)).process.loss_weights(1 / (1 + sigma ** 2)) is None
+    torch.manual_seed(0)
+    loss = net({"image": torch.rand(32, 1, 8, 8) * 2 - 1})  # about half the levels drawn lie under sigma 0.5
+    assert loss["loss"] < loss["mse"]  # and those count less
+    for bad in ("loss_weighting=nope", "min_snr_gamma=0"):
+        r = run_cli("train", "score", "--data", "digits", "--steps", "1", "--set", bad, *TINY_SCORE)
+        assert r.code == 2 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r.err

@@ -220,6 +220,8 @@ class DiffusionProcess:
             raise ValueError(f"prediction_type must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {loss_weighting!r}")
+        if not (min_snr_gamma > 0 and math.isfinite(min_snr_gamma)):  # gamma <= 0 would zero every weight
+            raise ValueError(f"min_snr_gamma must be a positive number, got {min_snr_gamma}")
         if variance_type not in STEP_VARIANCES:
             raise ValueError(f"variance_type must be one of {', '.join(STEP_VARIANCES)}, got {variance_type!r}")
         self.levels, self.prediction, self.clip_sample = levels, prediction, clip_sample

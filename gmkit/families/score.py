@@ -36,6 +36,8 @@ class ScoreConfig:
     beta_min: float = 0.1  # VP
     beta_max: float = 20.0
     t_min: float = 1e-5  # smallest training time (VP; Song et al. 2021 use 1e-5)
+    loss_weighting: str = "none"  # none | min_snr: min(SNR, gamma) / SNR on the epsilon loss (Hang et al. 2023)
+    min_snr_gamma: float = 5.0
 
 
 class Score(Family):
@@ -70,7 +72,11 @@ class Score(Family):
             self.sde = VPSDE(c.beta_min, c.beta_max, train_t_min=c.t_min)
         else:
             raise GmkitError(f"score config: unknown sde {c.sde!r} (vp or ve)")
-        self.process = DiffusionProcess(self.sde, "epsilon")
+        try:
+            self.process = DiffusionProcess(self.sde, "epsilon", loss_weighting=c.loss_weighting,
+                                            min_snr_gamma=c.min_snr_gamma)
+        except ValueError as e:
+            raise GmkitError(f"score config: {e}") from None
         self.unet = UNet(config.unet)
 
     @property
