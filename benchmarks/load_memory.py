@@ -1,7 +1,7 @@
 """Load time and peak memory of an SD-1.5-sized pipeline (random weights), each load in a fresh process.
 
     python benchmarks/load_memory.py                         # gmkit, bf16 and fp32
-    python benchmarks/load_memory.py --compare /work/main    # also another gmkit checkout, same files
+    python benchmarks/load_memory.py --compare ../gmkit-old  # also another gmkit checkout, same files
 
 Writes (once) a diffusers-format Stable Diffusion 1.5 folder under --workdir: the real UNet and VAE
 configs (860M + 84M parameters) with random fp16 weights, and a tiny CLIP text encoder (built only on

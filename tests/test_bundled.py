@@ -25,3 +25,24 @@ def test_bundled_ddim_inversion_reconstructs_held_out_digits():
     assert float((back - x).abs().mean()) < 0.1
     noise = net.sample([torch.Generator().manual_seed(i) for i in range(4)], sampler="ddim", steps=20)
     assert float((noise - x).abs().mean()) > 3 * float((back - x).abs().mean())  # far better than chance
+
+
+def test_bundled_recipes_name_no_local_paths():
+    """A shipped recipe tells how a file was trained, never where on its trainer's disk (as `gmkit push` does)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    import gmkit
+    from gmkit.publish import scrub_recipe
+
+    files = sorted((Path(gmkit.__file__).parent / "weights").glob("*.safetensors"))
+    recipes = 0
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            text = (h.metadata() or {}).get("gmkit.recipe")
+        if text:
+            recipes += 1
+            assert scrub_recipe(json.loads(text)) == json.loads(text), f.name
+    assert recipes >= 8
