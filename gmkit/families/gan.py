@@ -25,8 +25,8 @@ Training is two optimizers ("generator", "discriminator") and an alternating ste
 then one G update per loop step, in ``train_step``. What it logs exposes instability: both losses,
 D's mean logit on real and on fake images, both nets' gradient norms, and every ``diversity_every``
 steps the mean pairwise distance of a fixed batch of generated images divided by that of the real
-batch (``diversity``, about 1 for a healthy generator, near 0 under mode collapse). A run stops
-with an error when that ratio stays under ``collapse_threshold`` for ``collapse_patience`` checks.
+batch, within each class when conditional (``diversity``, about 1 for a healthy generator, near 0
+under mode collapse). A run stops with an error when that ratio stays under ``collapse_threshold`` for ``collapse_patience`` checks.
 
 Multi-process (DDP) training: the step calls the generator and discriminator directly rather
 than through the DDP wrapper (two optimizers and two backward passes per step do not fit one
@@ -323,16 +323,18 @@ class GAN(Invertible, Family):
             stats["encoder_loss"] = encoder_step(self.encoder, G, opts["encoder"], n, c.latent_dim, labels, real.device)
             _broadcast_buffers(self.encoder)
         if c.diversity_every and (step + 1) % c.diversity_every == 0:
-            self._check_diversity(real, step + 1)
+            self._check_diversity(real, step + 1, labels)
         if self._diversity is not None:
             stats["diversity"] = self._diversity
         return stats
 
     @torch.no_grad()
-    def diversity(self, real: torch.Tensor) -> float:
+    def diversity(self, real: torch.Tensor, real_labels: torch.Tensor | None = None) -> float:
         """Mean pairwise distance of a fixed batch of generated images (seeds 0..B-1, eval mode)
         over that of the real batch: about 1 when the generator covers the data, near 0 when
-        it has collapsed onto a few modes."""
+        it has collapsed onto a few modes. Class-conditional, with the real batch's labels: the mean
+        of that ratio within each class, since a generator can draw every class and yet only one
+        image per class (it ignores z), which the ratio over mixed classes does not see."""
         c = self.config
         was_training = self.generator.training
         self.generator.eval()
@@ -345,11 +347,19 @@ class GAN(Invertible, Family):
             fake = self.generator(z, labels)
         finally:
             self.generator.train(was_training)
+        if labels is not None and real_labels is not None:
+            ratios = []
+            for k in range(c.num_classes):
+                fk, rk = fake[labels == k], real[real_labels == k]
+                if fk.shape[0] > 1 and rk.shape[0] > 1 and mean_pairwise_distance(rk) > 1e-8:
+                    ratios.append(mean_pairwise_distance(fk) / mean_pairwise_distance(rk))
+            if ratios:
+                return sum(ratios) / len(ratios)
         return mean_pairwise_distance(fake) / max(mean_pairwise_distance(real), 1e-8)
 
-    def _check_diversity(self, real: torch.Tensor, step: int) -> None:
+    def _check_diversity(self, real: torch.Tensor, step: int, labels: torch.Tensor | None = None) -> None:
         c = self.config
-        self._diversity = round(self.diversity(real), 6)
+        self._diversity = round(self.diversity(real, labels), 6)
         if not c.collapse_threshold or step < c.collapse_after:
             return
         if self._diversity < c.collapse_threshold:
