@@ -26,7 +26,8 @@ then one G update per loop step, in ``train_step``. What it logs exposes instabi
 D's mean logit on real and on fake images, both nets' gradient norms, and every ``diversity_every``
 steps the mean pairwise distance of a fixed batch of generated images divided by that of the real
 batch, within each class when conditional (``diversity``, about 1 for a healthy generator, near 0
-under mode collapse). A run stops with an error when that ratio stays under ``collapse_threshold`` for ``collapse_patience`` checks.
+under mode collapse). A run stops with an error when that ratio stays under ``collapse_threshold``
+for ``collapse_patience`` checks.
 
 Multi-process (DDP) training: the step calls the generator and discriminator directly rather
 than through the DDP wrapper (two optimizers and two backward passes per step do not fit one
