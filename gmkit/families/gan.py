@@ -352,8 +352,9 @@ class GAN(Invertible, Family):
             ratios = []
             for k in range(c.num_classes):
                 fk, rk = fake[labels == k], real[real_labels == k]
-                if fk.shape[0] > 1 and rk.shape[0] > 1 and mean_pairwise_distance(rk) > 1e-8:
-                    ratios.append(mean_pairwise_distance(fk) / mean_pairwise_distance(rk))
+                spread = mean_pairwise_distance(rk)  # 0 with fewer than two real images of class k
+                if fk.shape[0] > 1 and spread > 1e-8:
+                    ratios.append(mean_pairwise_distance(fk) / spread)
             if ratios:
                 return sum(ratios) / len(ratios)
         return mean_pairwise_distance(fake) / max(mean_pairwise_distance(real), 1e-8)
